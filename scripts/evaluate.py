@@ -1,0 +1,183 @@
+"""Score the served model on the reserved test set and the drug-review test split.
+
+    python scripts/evaluate.py [--config config.json] [--out reports/]
+
+The model runs through `SentimentClassifier`, the class the TorchServe handler wraps, so the
+tokenizer settings, truncation, precision and temperature are those of the server. The VADER
+lexicon is scored on the same sentences for comparison. Writes reports/eval.json and, per test
+set, a confusion-matrix PNG and a reliability diagram.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import time
+from pathlib import Path
+
+from tqdm import tqdm
+
+from datasets import CLASS_NAMES, RESERVED_SET, Example, load_drug_reviews, load_vader
+from metrics import calibration_bins, classification_report, expected_calibration_error
+from sentiment_model import ModelConfig, SentimentClassifier
+
+log = logging.getLogger("evaluate")
+ROOT = Path(__file__).resolve().parent.parent
+BATCH_SIZE = 64
+
+
+def model_probabilities(classifier: SentimentClassifier, texts: list[str]) -> list[list[float]]:
+    # Length-sorted batches: the server pads each batch to its longest text, so this is how it runs.
+    order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
+    probabilities: list[list[float]] = [[]] * len(texts)
+    for start in tqdm(range(0, len(order), BATCH_SIZE), desc="model", unit="batch"):
+        idx = order[start : start + BATCH_SIZE]
+        for i, prediction in zip(idx, classifier.predict([texts[i] for i in idx])):
+            probabilities[i] = [prediction.probabilities[name] for name in CLASS_NAMES]
+    return probabilities
+
+
+def vader_predictions(texts: list[str]) -> list[int]:
+    """The VADER lexicon's compound score in -1..1, cut at +-0.05 as its authors recommend."""
+    from vaderSentiment.vaderSentiment import SentimentIntensityAnalyzer
+
+    analyzer = SentimentIntensityAnalyzer()
+    predictions = []
+    for text in tqdm(texts, desc="VADER lexicon", unit="text"):
+        compound = analyzer.polarity_scores(text)["compound"]
+        predictions.append(0 if compound <= -0.05 else 2 if compound >= 0.05 else 1)
+    return predictions
+
+
+def evaluate_set(name: str, examples: list[Example], classifier: SentimentClassifier, out: Path) -> dict:
+    texts = [e.text for e in examples]
+    labels = [e.label for e in examples]
+    started = time.monotonic()
+    probabilities = model_probabilities(classifier, texts)
+    seconds = time.monotonic() - started
+    model = classification_report(labels, [p.index(max(p)) for p in probabilities], CLASS_NAMES)
+    model["ece"] = expected_calibration_error(probabilities, labels)
+    model["texts_per_second"] = len(texts) / seconds
+    bins = calibration_bins(probabilities, labels)
+    lexicon = classification_report(labels, vader_predictions(texts), CLASS_NAMES)
+    plot_confusion(model["confusion_matrix"], f"{name}: confusion matrix", out / f"{name}-confusion.png")
+    plot_reliability(bins, model["ece"], f"{name}: reliability", out / f"{name}-reliability.png")
+    return {"examples": len(examples), "model": model, "vader_lexicon": lexicon, "calibration_bins": bins}
+
+
+def plot_confusion(matrix: list[list[int]], title: str, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(4.5, 4))
+    ax.imshow(matrix, cmap="Blues")
+    for i, row in enumerate(matrix):
+        for j, count in enumerate(row):
+            ax.text(
+                j,
+                i,
+                str(count),
+                ha="center",
+                va="center",
+                color="white" if count > max(map(max, matrix)) / 2 else "black",
+            )
+    ax.set_xticks(range(len(CLASS_NAMES)), CLASS_NAMES)
+    ax.set_yticks(range(len(CLASS_NAMES)), CLASS_NAMES)
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("human label")
+    ax.set_title(title)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def plot_reliability(bins: list[dict], ece: float, title: str, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    filled = [b for b in bins if b["count"]]
+    fig, ax = plt.subplots(figsize=(4.5, 4))
+    ax.plot([0, 1], [0, 1], "--", color="grey", label="perfect calibration")
+    ax.bar(
+        [b["lower"] for b in filled],
+        [b["accuracy"] for b in filled],
+        width=1 / len(bins),
+        align="edge",
+        edgecolor="black",
+        alpha=0.7,
+        label="accuracy in bin",
+    )
+    ax.plot(
+        [b["confidence"] for b in filled],
+        [b["accuracy"] for b in filled],
+        "o",
+        color="C3",
+        label="mean confidence",
+    )
+    ax.set_xlim(0, 1)
+    ax.set_ylim(0, 1)
+    ax.set_xlabel("confidence")
+    ax.set_ylabel("accuracy")
+    ax.set_title(f"{title} (ECE {ece:.3f})")
+    ax.legend(loc="upper left", fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def print_summary(results: dict) -> None:
+    rows = [("test set", "scorer", "n", "accuracy", "macro-F1", "ECE")]
+    for name, result in results.items():
+        for scorer in ("model", "vader_lexicon"):
+            r = result[scorer]
+            rows.append(
+                (
+                    name,
+                    scorer,
+                    str(result["examples"]),
+                    f"{r['accuracy']:.3f}",
+                    f"{r['macro_f1']:.3f}",
+                    f"{r['ece']:.3f}" if "ece" in r else "-",
+                )
+            )
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    lines = ["  ".join(cell.ljust(w) for cell, w in zip(row, widths)) for row in rows]
+    for name, result in results.items():
+        lines.append(f"\n{name}, model, per class (precision / recall / F1):")
+        for label, c in result["model"]["per_class"].items():
+            lines.append(f"  {label:9s} {c['precision']:.3f} / {c['recall']:.3f} / {c['f1']:.3f}  (n={c['support']})")
+        lines.append(
+            f"  confusion matrix (rows: human label, columns: predicted): {result['model']['confusion_matrix']}"
+        )
+    log.info("\n%s", "\n".join(lines))
+
+
+def main() -> None:
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--config", type=Path, default=ROOT / "config.json")
+    parser.add_argument("--out", type=Path, default=ROOT / "reports")
+    args = parser.parse_args()
+    args.out.mkdir(parents=True, exist_ok=True)
+
+    classifier = SentimentClassifier(ModelConfig.from_file(args.config)).load()
+    test_sets = {RESERVED_SET: load_vader(RESERVED_SET), "drugs-test": load_drug_reviews("Test")}
+    results = {name: evaluate_set(name, examples, classifier, args.out) for name, examples in test_sets.items()}
+    report = {
+        "config": str(args.config),
+        "weights": classifier.config.pre_trained_model.name,
+        "temperature": classifier.temperature,
+        "results": results,
+    }
+    (args.out / "eval.json").write_text(json.dumps(report, indent=2) + "\n")
+    print_summary(results)
+    log.info("\nwrote %s and the PNGs beside it", args.out / "eval.json")
+
+
+if __name__ == "__main__":
+    main()

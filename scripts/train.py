@@ -1,0 +1,219 @@
+"""Fine-tune the packaged MiniLM BERT into the default 3-class sentiment model.
+
+    python scripts/train.py            # what `make model` runs
+
+Writes the tensors that training changed (everything but the frozen word embeddings) in fp16 to
+PRE_TRAINED_MODEL, with the calibration temperature in the file's metadata, and a JSON report
+beside it. The reserved test set is never read here.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import math
+import random
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+from tqdm import tqdm
+
+from datasets import CLASS_NAMES, Example, load_training_corpus
+from metrics import classification_report, expected_calibration_error
+from sentiment_model import TEMPERATURE_KEY, ModelConfig, build_model, resolve_bert_dir
+
+log = logging.getLogger("train")
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@dataclass
+class TrainingRecipe:
+    seed: int = 1234  # one seed drives the split, the shuffling and the head's initialisation
+    epochs: int = 1  # passes over the training split
+    batch_size: int = 32  # texts per optimizer step
+    learning_rate: float = 5e-5  # peak, reached after warmup, then linear decay to zero
+    warmup_fraction: float = 0.06  # share of steps spent ramping the learning rate up
+    weight_decay: float = 0.01  # AdamW decay, not applied to biases and LayerNorm
+    label_smoothing: float = 0.1  # the labels are noisy crowd votes; do not trust them fully
+    validation_fraction: float = 0.05  # carved from the training corpus: early stopping, temperature
+    max_sequence_len: int = 128  # same cut as serving (config.json)
+    threads: int = 0  # torch threads; 0 means every core
+
+
+def split(examples: list[Example], fraction: float, seed: int) -> tuple[list[Example], list[Example]]:
+    shuffled = examples[:]
+    random.Random(seed).shuffle(shuffled)
+    n_validation = int(len(shuffled) * fraction)
+    return shuffled[n_validation:], shuffled[:n_validation]
+
+
+def length_grouped_batches(lengths: list[int], batch_size: int, rng: random.Random) -> list[list[int]]:
+    """Shuffle, then sort within windows of 50 batches so each batch pads little; shuffle batches."""
+    order = list(range(len(lengths)))
+    rng.shuffle(order)
+    window = batch_size * 50
+    batches = []
+    for start in range(0, len(order), window):
+        chunk = sorted(order[start : start + window], key=lengths.__getitem__)
+        batches += [chunk[i : i + batch_size] for i in range(0, len(chunk), batch_size)]
+    rng.shuffle(batches)
+    return batches
+
+
+def collate(tokenizer, texts: list[str], max_len: int):
+    return tokenizer(texts, padding=True, truncation=True, max_length=max_len, return_tensors="pt")
+
+
+@torch.inference_mode()
+def predict_logits(model, tokenizer, texts: list[str], max_len: int, batch_size: int = 128) -> torch.Tensor:
+    model.eval()
+    order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
+    logits = torch.empty(len(texts), model.config.num_labels)
+    for start in tqdm(range(0, len(order), batch_size), desc="validating", leave=False):
+        idx = order[start : start + batch_size]
+        batch = collate(tokenizer, [texts[i] for i in idx], max_len)
+        logits[idx] = model(**batch).logits.float()
+    return logits
+
+
+def fit_temperature(logits: torch.Tensor, labels: torch.Tensor) -> float:
+    """Temperature scaling (Guo et al., 2017): one scalar that minimises validation NLL."""
+    log_t = torch.zeros(1, requires_grad=True)
+    optimizer = torch.optim.LBFGS([log_t], lr=0.1, max_iter=200)
+
+    def closure():
+        optimizer.zero_grad()
+        loss = torch.nn.functional.cross_entropy(logits / log_t.exp(), labels)
+        loss.backward()
+        return loss
+
+    optimizer.step(closure)
+    return float(log_t.exp())
+
+
+def evaluate_split(logits: torch.Tensor, labels: list[int], temperature: float) -> dict:
+    probabilities = torch.softmax(logits / temperature, dim=-1)
+    report = classification_report(labels, probabilities.argmax(-1).tolist(), CLASS_NAMES)
+    report["ece"] = expected_calibration_error(probabilities.tolist(), labels)
+    report["nll"] = float(torch.nn.functional.cross_entropy(logits / temperature, torch.tensor(labels)))
+    return report
+
+
+def train(recipe: TrainingRecipe, config: ModelConfig, output: Path) -> dict:
+    from transformers import AutoTokenizer, get_linear_schedule_with_warmup
+
+    torch.manual_seed(recipe.seed)
+    if recipe.threads:
+        torch.set_num_threads(recipe.threads)
+    started = time.monotonic()
+    train_set, validation_set = split(load_training_corpus(), recipe.validation_fraction, recipe.seed)
+    log.info("train %d, validation %d examples", len(train_set), len(validation_set))
+
+    bert_dir = resolve_bert_dir(config.bert_model)
+    tokenizer = AutoTokenizer.from_pretrained(bert_dir)
+    model, _ = build_model(bert_dir, config.class_names)
+    # The word embeddings are half the parameters; freezing them keeps the shipped file small
+    # (only changed tensors ship) and barely moves accuracy on short texts.
+    model.bert.embeddings.word_embeddings.weight.requires_grad_(False)
+    trainable = {name: p for name, p in model.named_parameters() if p.requires_grad}
+    no_decay = [p for name, p in trainable.items() if name.endswith("bias") or "LayerNorm" in name]
+    decay = [p for name, p in trainable.items() if not (name.endswith("bias") or "LayerNorm" in name)]
+    optimizer = torch.optim.AdamW(
+        [{"params": decay, "weight_decay": recipe.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
+        lr=recipe.learning_rate,
+    )
+    texts = [e.text for e in train_set]
+    labels = torch.tensor([e.label for e in train_set])
+    lengths = [len(ids) for ids in tokenizer(texts, truncation=True, max_length=recipe.max_sequence_len)["input_ids"]]
+    steps_per_epoch = math.ceil(len(texts) / recipe.batch_size)
+    total_steps = steps_per_epoch * recipe.epochs
+    scheduler = get_linear_schedule_with_warmup(optimizer, int(total_steps * recipe.warmup_fraction), total_steps)
+    loss_fn = torch.nn.CrossEntropyLoss(label_smoothing=recipe.label_smoothing)
+    rng = random.Random(recipe.seed)
+
+    validation_texts = [e.text for e in validation_set]
+    validation_labels = [e.label for e in validation_set]
+    best = {"nll": math.inf}
+    best_state = None
+    history = []
+    for epoch in range(recipe.epochs):
+        model.train()
+        batches = length_grouped_batches(lengths, recipe.batch_size, rng)
+        progress = tqdm(batches, desc=f"epoch {epoch + 1}/{recipe.epochs}", unit="batch")
+        running = None
+        for idx in progress:
+            batch = collate(tokenizer, [texts[i] for i in idx], recipe.max_sequence_len)
+            loss = loss_fn(model(**batch).logits, labels[idx])
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(trainable.values(), 1.0)
+            optimizer.step()
+            scheduler.step()
+            optimizer.zero_grad(set_to_none=True)
+            running = loss.item() if running is None else 0.98 * running + 0.02 * loss.item()
+            progress.set_postfix(loss=f"{running:.3f}", refresh=False)
+        logits = predict_logits(model, tokenizer, validation_texts, recipe.max_sequence_len)
+        report = evaluate_split(logits, validation_labels, 1.0)
+        history.append({"epoch": epoch + 1, "train_loss": running, **report})
+        log.info(
+            "epoch %d: validation accuracy %.4f macro-F1 %.4f nll %.4f",
+            epoch + 1,
+            report["accuracy"],
+            report["macro_f1"],
+            report["nll"],
+        )
+        # Early stopping on validation NLL: keep the best epoch's tensors.
+        if report["nll"] < best["nll"]:
+            best = report
+            best_state = {name: p.detach().clone() for name, p in trainable.items()}
+            best_logits = logits
+
+    temperature = fit_temperature(best_logits, torch.tensor(validation_labels))
+    calibrated = evaluate_split(best_logits, validation_labels, temperature)
+    log.info("temperature %.3f: validation ECE %.4f -> %.4f", temperature, best["ece"], calibrated["ece"])
+
+    output.parent.mkdir(parents=True, exist_ok=True)
+    from safetensors.torch import save_file
+
+    save_file(
+        {name: t.to(torch.float16).contiguous() for name, t in best_state.items()},
+        str(output),
+        metadata={
+            TEMPERATURE_KEY: f"{temperature:.6f}",
+            "backbone": bert_dir.name,
+            "class_names": ",".join(config.class_names),
+        },
+    )
+    report = {
+        "recipe": asdict(recipe),
+        "train_examples": len(train_set),
+        "validation_examples": len(validation_set),
+        "history": history,
+        "temperature": temperature,
+        "validation_calibrated": calibrated,
+        "minutes": round((time.monotonic() - started) / 60, 1),
+        "weights": output.name,
+        "weights_mb": round(output.stat().st_size / 1e6, 1),
+    }
+    output.with_suffix(".json").write_text(json.dumps(report, indent=2) + "\n")
+    log.info("wrote %s (%.1f MB) in %.1f minutes", output, report["weights_mb"], report["minutes"])
+    return report
+
+
+def main() -> None:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--config", type=Path, default=ROOT / "config.json")
+    parser.add_argument("--output", type=Path, help="defaults to the config's PRE_TRAINED_MODEL")
+    for field, value in asdict(TrainingRecipe()).items():
+        parser.add_argument(f"--{field.replace('_', '-')}", type=type(value), default=value)
+    args = parser.parse_args()
+    config = ModelConfig.from_file(args.config)
+    recipe = TrainingRecipe(**{f: getattr(args, f) for f in asdict(TrainingRecipe())})
+    train(recipe, config, args.output or config.pre_trained_model)
+
+
+if __name__ == "__main__":
+    main()

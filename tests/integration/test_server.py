@@ -1,0 +1,132 @@
+"""End to end through the real TorchServe: predictions, bad input, batching, scaling, metrics."""
+
+from __future__ import annotations
+
+import json
+import re
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+import requests
+
+pytestmark = pytest.mark.integration
+
+NEGATIVE = "This app is a total waste of time!"
+POSITIVE = "OMG. I love how easy it is to stick to my schedule. Would recommend to everyone!"
+JSON_HEADERS = {"Content-Type": "application/json"}
+
+# (body bytes, Content-Type, what the error must say)
+BAD_INPUTS = {
+    "empty body": (b"", "application/json", "request body is empty"),
+    "invalid JSON": (b'{"text": "unterminated', "application/json", "not valid JSON"),
+    "JSON not an object": (b'["good"]', "application/json", "must be an object, got an array"),
+    "no text": (b'{"review": "good"}', "application/json", 'no "text" field'),
+    "text not a string": (b'{"text": 42}', "application/json", '"text" must be a string, got a number'),
+    "empty text": (b'{"text": ""}', "application/json", "empty or whitespace"),
+    "whitespace text": (b" \n\t ", "text/plain", "empty or whitespace"),
+    "non-UTF-8": (b"caf\xe9 \xff\xfe", "text/plain", "not valid UTF-8"),
+    "text over the limit": (
+        json.dumps({"text": "a" * 5001}).encode(),
+        "application/json",
+        "at most 5000 characters. Given: 5001",
+    ),
+    "form-encoded": (b"This is great", "application/x-www-form-urlencoded", "form-encoded"),
+}
+
+
+def predict(server, body: bytes, content_type: str) -> requests.Response:
+    return requests.post(
+        f"{server.url('inference')}/predictions/sentiment",
+        data=body,
+        headers={"Content-Type": content_type, **server.auth_header("inference")},
+        timeout=60,
+    )
+
+
+@pytest.mark.parametrize(("text", "expected"), [(NEGATIVE, "negative"), (POSITIVE, "positive")])
+def test_the_readme_sentences(server, text, expected):
+    response = predict(server, json.dumps({"text": text}).encode(), "application/json")
+    assert response.status_code == 200
+    assert response.headers["Content-Type"].startswith("application/json")
+    body = response.json()
+    assert body["sentiment"] == expected
+    assert body["confidence"] > 0.8
+    assert set(body["probabilities"]) == {"negative", "neutral", "positive"}
+    assert body["truncated"] is False
+
+
+def test_plain_text_body_answers_like_json(server):
+    as_json = predict(server, json.dumps({"text": POSITIVE}).encode(), "application/json").json()
+    as_text = predict(server, POSITIVE.encode(), "text/plain; charset=utf-8").json()
+    assert as_text == as_json
+
+
+def test_long_text_is_truncated_and_says_so(server):
+    body = predict(server, json.dumps({"text": "good " * 400}).encode(), "application/json").json()
+    assert body["truncated"] is True
+
+
+@pytest.mark.parametrize("case", BAD_INPUTS.values(), ids=BAD_INPUTS.keys())
+def test_bad_input_gets_400_json(server, case):
+    body, content_type, message = case
+    response = predict(server, body, content_type)
+    assert response.status_code == 400
+    assert response.headers["Content-Type"].startswith("application/json")
+    assert re.search(message, response.json()["error"])
+
+
+def test_body_over_max_request_size_gets_413(server):
+    limit = int(server.settings()["max_request_size"])
+    assert predict(server, b"a" * (limit + 1), "text/plain").status_code == 413
+
+
+def test_requests_without_the_token_are_refused(server):
+    response = requests.post(f"{server.url('inference')}/predictions/sentiment", json={"text": "good"}, timeout=10)
+    assert response.status_code in (400, 401)
+    assert "Token Authorization failed" in response.text
+
+
+def metric_total(server, name: str) -> float:
+    text = requests.get(f"{server.url('metrics')}/metrics", headers=server.auth_header("management"), timeout=10).text
+    return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines() if line.startswith(f"{name}{{"))
+
+
+def test_concurrent_burst_forms_batches_and_bad_requests_harm_no_neighbour(server):
+    alone = {t: predict(server, t.encode(), "text/plain").json() for t in (NEGATIVE, POSITIVE)}
+    good = [(json.dumps({"text": t}).encode(), "application/json", t) for t in (NEGATIVE, POSITIVE)] * 16
+    bad = [(body, content_type, None, message) for body, content_type, message in BAD_INPUTS.values()]
+    burst = [(*g, None) for g in good] + bad + [(*g, None) for g in good]
+    batches_before = metric_total(server, "SentimentBatches")
+    requests_before = metric_total(server, "SentimentRequests")
+    with ThreadPoolExecutor(max_workers=16) as pool:
+        responses = list(pool.map(lambda case: predict(server, case[0], case[1]), burst))
+    for (_, _, text, message), response in zip(burst, responses):
+        if message is None:
+            assert response.status_code == 200, response.text
+            body = response.json()
+            assert body["sentiment"] == alone[text]["sentiment"]
+            assert body["confidence"] == pytest.approx(alone[text]["confidence"], abs=1e-4)
+        else:
+            assert response.status_code == 400, response.text
+            assert re.search(message, response.json()["error"])
+    batches = metric_total(server, "SentimentBatches") - batches_before
+    handled = metric_total(server, "SentimentRequests") - requests_before
+    assert handled == len(burst)
+    assert 0 < batches < handled
+    assert all(w["status"] == "READY" for w in server.workers()), "a worker restarted"
+
+
+def test_scaling_to_two_workers_and_back(server):
+    workers = server.scale(2)
+    assert [w["status"] for w in workers] == ["READY", "READY"]
+    assert predict(server, b"good", "text/plain").status_code == 200
+    workers = server.scale(1)
+    assert len(workers) == 1
+
+
+def test_model_control_api_is_off(server):
+    response = requests.delete(
+        f"{server.url('management')}/models/sentiment", headers=server.auth_header("management"), timeout=10
+    )
+    assert response.status_code >= 400
+    assert server.workers(), "the model must still be registered"

@@ -1,0 +1,154 @@
+"""The plain classifier and its configuration, on a tiny random BERT."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from safetensors.torch import save_file
+from tiny_models import CLASS_NAMES, write_model_dir
+
+from sentiment_model import ConfigError, ModelConfig, SentimentClassifier
+
+
+def load(model_dir):
+    return SentimentClassifier(ModelConfig.from_file(model_dir / "config.json")).load()
+
+
+def test_prediction_has_the_tutorial_shape(classifier):
+    (prediction,) = classifier.predict(["great app, love it"])
+    body = prediction.to_dict()
+    assert set(body) == {"sentiment", "confidence", "probabilities", "truncated"}
+    assert list(body["probabilities"]) == CLASS_NAMES
+    assert sum(body["probabilities"].values()) == pytest.approx(1.0, abs=1e-4)
+    assert body["confidence"] == max(body["probabilities"].values())
+    assert body["sentiment"] == max(body["probabilities"], key=body["probabilities"].get)
+    assert body["truncated"] is False
+
+
+def test_input_padding_is_to_the_longest_text_of_the_batch(classifier):
+    batch = classifier.tokenize(["good", "bad movie , awful phone"])
+    longest = len(classifier.tokenizer("bad movie , awful phone")["input_ids"])
+    assert batch["input_ids"].shape == (2, longest)
+    assert longest < classifier.config.max_sequence_len
+    assert batch["attention_mask"][0].sum() == 3  # [CLS] good [SEP]
+
+
+def test_input_truncation_cuts_at_max_sequence_len_and_says_so(classifier):
+    long_text = " ".join(["good"] * 40)
+    batch = classifier.tokenize([long_text, "bad"])
+    assert batch["input_ids"].shape[1] == classifier.config.max_sequence_len
+    short, cut = classifier.predict(["bad", long_text])
+    assert cut.truncated is True
+    assert short.truncated is False
+
+
+def test_a_batch_of_n_equals_n_singles(classifier):
+    texts = [
+        "good",
+        "awful waste of time",
+        "love the app , easy schedule !",
+        "hate",
+        " ".join(["great"] * 30),
+    ]
+    batched = classifier.predict(texts)
+    for text, together in zip(texts, batched):
+        (alone,) = classifier.predict([text])
+        assert alone.sentiment == together.sentiment
+        for name in CLASS_NAMES:
+            assert alone.probabilities[name] == pytest.approx(together.probabilities[name], abs=1e-5)
+
+
+def test_empty_batch_runs_no_model(classifier):
+    assert classifier.predict([]) == []
+
+
+def test_temperature_from_the_weights_metadata_softens_probabilities(tmp_path, tiny_bert_dir, classifier):
+    model_dir = write_model_dir(tmp_path / "hot", tiny_bert_dir)
+    tensors = {"classifier.weight": torch.randn(3, 32) * 5, "classifier.bias": torch.zeros(3)}
+    save_file(tensors, str(model_dir / "head.safetensors"), metadata={"temperature": "1.0"})
+    sharp = load(model_dir).predict(["good movie"])[0]
+    save_file(tensors, str(model_dir / "head.safetensors"), metadata={"temperature": "4.0"})
+    soft = load(model_dir)
+    assert soft.temperature == 4.0
+    assert soft.predict(["good movie"])[0].confidence < sharp.confidence
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({"MAX_SEQUENCE_LEN": "128"}, "MAX_SEQUENCE_LEN must be a int"),
+        ({"MAX_SEQUENCE_LEN": True}, "MAX_SEQUENCE_LEN must be a int"),
+        ({"MAX_SEQUENCE_LEN": 4}, "within 8..4096"),
+        ({"CLASS_NAMES": ["positive"]}, "at least two distinct"),
+        ({"MAX_TEXT_CHARS": 0}, "MAX_TEXT_CHARS must be positive"),
+        ({"BATCH": 3}, "unknown: ['BATCH']"),
+    ],
+)
+def test_config_errors_name_the_key(model_dir, change, message):
+    raw = json.loads((model_dir / "config.json").read_text())
+    with pytest.raises(ConfigError, match=message.replace("[", r"\[").replace("]", r"\]")):
+        ModelConfig.from_dict({**raw, **change}, model_dir)
+
+
+def test_config_missing_key_is_named(model_dir):
+    raw = json.loads((model_dir / "config.json").read_text())
+    del raw["CLASS_NAMES"]
+    with pytest.raises(ConfigError, match="missing: \\['CLASS_NAMES'\\]"):
+        ModelConfig.from_dict(raw, model_dir)
+
+
+def test_relative_paths_are_read_from_the_config_folder(model_dir):
+    config = ModelConfig.from_file(model_dir / "config.json")
+    assert config.pre_trained_model == model_dir / "head.safetensors"
+
+
+def test_max_sequence_len_beyond_the_position_limit_is_refused_at_load(tmp_path, tiny_bert_dir):
+    model_dir = write_model_dir(tmp_path / "m", tiny_bert_dir, MAX_SEQUENCE_LEN=512)
+    with pytest.raises(ConfigError, match="exceeds the model's limit of 64"):
+        load(model_dir)
+
+
+def test_weights_for_another_class_count_are_refused(tmp_path, tiny_bert_dir):
+    model_dir = write_model_dir(tmp_path / "m", tiny_bert_dir)
+    save_file(
+        {"classifier.weight": torch.randn(2, 32), "classifier.bias": torch.randn(2)},
+        str(model_dir / "head.safetensors"),
+    )
+    with pytest.raises(ConfigError, match=r"tensor classifier.bias has shape \(2,\), the model expects \(3,\)"):
+        load(model_dir)
+
+
+def test_weights_with_foreign_tensors_are_refused(tmp_path, tiny_bert_dir):
+    model_dir = write_model_dir(tmp_path / "m", tiny_bert_dir)
+    save_file(
+        {
+            "classifier.weight": torch.randn(3, 32),
+            "classifier.bias": torch.randn(3),
+            "out.weight": torch.randn(3, 32),
+        },
+        str(model_dir / "head.safetensors"),
+    )
+    with pytest.raises(ConfigError, match=r"does not have: \['out\.weight'\]"):
+        load(model_dir)
+
+
+def test_weights_without_the_head_are_refused(tmp_path, tiny_bert_dir):
+    model_dir = write_model_dir(tmp_path / "m", tiny_bert_dir)
+    save_file({"classifier.bias": torch.randn(3)}, str(model_dir / "head.safetensors"))
+    with pytest.raises(ConfigError, match=r"lacks tensors.*classifier\.weight"):
+        load(model_dir)
+
+
+def test_pickled_weights_are_refused(tmp_path, tiny_bert_dir):
+    model_dir = write_model_dir(tmp_path / "m", tiny_bert_dir, PRE_TRAINED_MODEL="head.bin")
+    torch.save({"classifier.weight": torch.randn(3, 32)}, model_dir / "head.bin")
+    with pytest.raises(ConfigError, match=r"must be a \.safetensors file"):
+        load(model_dir)
+
+
+def test_bert_model_must_be_a_local_folder(tmp_path, tiny_bert_dir):
+    model_dir = write_model_dir(tmp_path / "m", tiny_bert_dir, BERT_MODEL="bert-base-cased")
+    with pytest.raises(ConfigError, match="not a Hugging Face model folder"):
+        load(model_dir)

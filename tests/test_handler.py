@@ -1,0 +1,114 @@
+"""The TorchServe handler on a tiny random BERT, driven with TorchServe's own Context class."""
+
+from __future__ import annotations
+
+import json
+import re
+
+import pytest
+from ts.context import Context, RequestProcessor
+
+from sentiment_handler import SentimentHandler
+
+JSON_TYPE = "application/json"
+TEXT_TYPE = "text/plain"
+
+
+def make_context(model_dir, content_types):
+    """A Context as TorchServe builds it for a batch: one RequestProcessor per request."""
+    context = Context("sentiment", str(model_dir), {}, len(content_types), None, "0.12.0")
+    context.request_processor = [
+        RequestProcessor({"body": {"content-type": ctype}, "Content-Type": ctype} if ctype else {})
+        for ctype in content_types
+    ]
+    return context
+
+
+@pytest.fixture()
+def handler(model_dir):
+    handler = SentimentHandler()
+    handler.initialize(make_context(model_dir, []))
+    return handler
+
+
+def run(handler, model_dir, requests):
+    """requests: (row, content type) pairs; returns (status, parsed body, content type) per request."""
+    context = make_context(model_dir, [ctype for _, ctype in requests])
+    bodies = handler.handle([row for row, _ in requests], context)
+    assert len(bodies) == len(requests)
+    return [
+        (context.get_response_status(i)[0] or 200, json.loads(body), context.get_response_content_type(i))
+        for i, body in enumerate(bodies)
+    ]
+
+
+GOOD = [
+    ({"body": {"text": "love the app"}}, JSON_TYPE),
+    ({"body": "awful waste of time"}, TEXT_TYPE),
+    ({"body": bytearray(b'{"text": "easy schedule"}')}, "application/json; charset=utf-8"),
+    ({"data": bytearray(b"great phone")}, "application/octet-stream"),
+]
+
+BAD = {
+    "empty body": (({"body": bytearray()}, TEXT_TYPE), "request body is empty"),
+    "no body at all": (({}, None), "request body is empty"),
+    "form-encoded": (({}, "application/x-www-form-urlencoded"), "form-encoded bodies are not supported"),
+    "invalid JSON": (({"body": bytearray(b'{"text": ')}, JSON_TYPE), "not valid JSON"),
+    "JSON array": (({"body": ["good"]}, JSON_TYPE), "must be an object, got an array"),
+    "JSON string": (({"body": "good"}, JSON_TYPE), "must be an object, got a string"),
+    "JSON null": (({"body": bytearray(b"null")}, "application/json; charset=utf-8"), "got null"),
+    "no text field": (({"body": {"review": "good"}}, JSON_TYPE), 'no "text" field'),
+    "text not a string": (({"body": {"text": ["good"]}}, JSON_TYPE), '"text" must be a string, got an array'),
+    "empty text": (({"body": {"text": ""}}, JSON_TYPE), "empty or whitespace"),
+    "whitespace text": (({"body": " \n\t "}, TEXT_TYPE), "empty or whitespace"),
+    "non-UTF-8": (({"body": bytearray(b"caf\xe9 \xff")}, TEXT_TYPE), "not valid UTF-8 \\(byte 3\\)"),
+    "too long": (({"body": {"text": "good " * 50}}, JSON_TYPE), "at most 200 characters. Given: 250"),
+}
+
+
+def test_good_requests_in_every_accepted_form(handler, model_dir):
+    results = run(handler, model_dir, GOOD)
+    for status, body, content_type in results:
+        assert status == 200
+        assert content_type == JSON_TYPE
+        assert set(body) == {"sentiment", "confidence", "probabilities", "truncated"}
+
+
+@pytest.mark.parametrize("case", BAD.values(), ids=BAD.keys())
+def test_bad_input_gets_400_with_a_json_error_naming_the_problem(handler, model_dir, case):
+    request, message = case
+    ((status, body, content_type),) = run(handler, model_dir, [request])
+    assert status == 400
+    assert content_type == JSON_TYPE
+    assert list(body) == ["error"]
+    assert re.search(message, body["error"]), body["error"]
+
+
+def test_bad_requests_do_not_harm_their_neighbours_in_the_batch(handler, model_dir):
+    bad = [request for request, _ in BAD.values()]
+    mixed = [x for pair in zip(GOOD * 3, bad) for x in pair]
+    results = run(handler, model_dir, mixed)
+    alone = run(handler, model_dir, GOOD)
+    for i, (status, body, _) in enumerate(results):
+        if i % 2:
+            assert status == 400 and "error" in body
+        else:
+            assert status == 200
+            expected = alone[(i // 2) % len(GOOD)][1]
+            assert body["sentiment"] == expected["sentiment"]
+            assert body["confidence"] == pytest.approx(expected["confidence"], abs=1e-5)
+
+
+def test_a_batch_of_only_bad_requests_answers_each(handler, model_dir):
+    results = run(handler, model_dir, [request for request, _ in BAD.values()])
+    assert [status for status, _, _ in results] == [400] * len(BAD)
+
+
+def test_initialize_reads_config_from_the_model_directory(tmp_path, tiny_bert_dir):
+    from tiny_models import write_model_dir
+
+    model_dir = write_model_dir(tmp_path / "m", tiny_bert_dir, MAX_TEXT_CHARS=5)
+    handler = SentimentHandler()
+    handler.initialize(make_context(model_dir, []))
+    assert handler.classifier.config.max_text_chars == 5
+    assert handler.classifier.device == "cpu"
