@@ -41,6 +41,7 @@ class LocalServer:
     run_dir: Path = field(default_factory=lambda: Path(os.environ.get("SENTIMENT_RUN_DIR", ROOT / ".run")))
     model_store: Path = ROOT / "model_store"
     properties: Path = ROOT / "config.properties"
+    log_config: Path = ROOT / "log4j2.xml"
     # Settings that replace or add lines of config.properties in the run folder's copy.
     overrides: dict[str, str] = field(default_factory=dict)
     model_name: str = MODEL_NAME
@@ -124,7 +125,8 @@ class LocalServer:
             "TS_CONFIG_FILE": str(self.run_dir / "config.properties"),
         }
         torchserve = Path(sys.executable).with_name("torchserve")
-        command = [str(torchserve), "--start", "--ncs", "--models", f"{self.model_name}={archive.name}"]
+        command = [str(torchserve), "--start", "--ncs", "--models", f"{self.model_name}={archive.name}",
+                   "--log-config", str(self.log_config)]
         with (self.log_dir / "console.log").open("ab") as console:
             # torchserve --start returns at once (rc 0 even if the JVM fails later): poll below.
             subprocess.run(
