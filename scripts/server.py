@@ -125,8 +125,15 @@ class LocalServer:
             "TS_CONFIG_FILE": str(self.run_dir / "config.properties"),
         }
         torchserve = Path(sys.executable).with_name("torchserve")
-        command = [str(torchserve), "--start", "--ncs", "--models", f"{self.model_name}={archive.name}",
-                   "--log-config", str(self.log_config)]
+        command = [
+            str(torchserve),
+            "--start",
+            "--ncs",
+            "--models",
+            f"{self.model_name}={archive.name}",
+            "--log-config",
+            str(self.log_config),
+        ]
         with (self.log_dir / "console.log").open("ab") as console:
             # torchserve --start returns at once (rc 0 even if the JVM fails later): poll below.
             subprocess.run(
