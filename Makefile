@@ -9,6 +9,7 @@ VADER := data/vaderSentiment-3.3.2.tar.gz
 WEIGHTS := model/sentiment-minilm.safetensors
 ARCHIVE := model_store/sentiment.mar
 WORKERS ?= 1
+CONFIG ?= config.json
 
 export PYTHONPATH := handler:scripts
 # Nothing is ever fetched from a model hub: every model comes from a local folder or a package.
@@ -45,7 +46,8 @@ eval: $(STAMP) $(VADER) ## score the served model and the VADER lexicon on the r
 $(ARCHIVE): $(STAMP) config.json $(WEIGHTS) $(wildcard handler/*.py)
 	$(PY) scripts/build_archive.py
 
-archive: $(ARCHIVE) ## build model_store/sentiment.mar with torch-model-archiver
+archive: $(STAMP) ## (re)build model_store/sentiment.mar; CONFIG=path/config.json for another model
+	$(PY) scripts/build_archive.py --config $(CONFIG)
 
 run: $(ARCHIVE) ## start TorchServe on 127.0.0.1 and wait for a READY worker (AUTH=off to drop tokens)
 	$(PY) scripts/server.py start $(if $(filter off,$(AUTH)),--no-auth)

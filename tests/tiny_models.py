@@ -32,6 +32,7 @@ def save_tiny_bert(path: Path) -> Path:
     """A 2-layer BERT with hidden size 32 and a 40-word vocabulary: loads in milliseconds."""
     from transformers import BertConfig, BertModel, BertTokenizerFast
 
+    path.mkdir(parents=True, exist_ok=True)
     vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *WORDS, *"abcdefghijklmnopqrstuvwxyz.,!?"]
     (path / "vocab.txt").write_text("\n".join(vocab) + "\n")
     BertTokenizerFast(vocab_file=str(path / "vocab.txt"), do_lower_case=True).save_pretrained(path)
@@ -65,3 +66,40 @@ def write_model_dir(path: Path, bert_dir: Path, **overrides) -> Path:
     }
     (path / "config.json").write_text(json.dumps(config))
     return path
+
+
+class TutorialClassifier(torch.nn.Module):
+    """The classic tutorial's model: BERT's pooled output, dropout, a Linear called `out`."""
+
+    def __init__(self, bert_dir, n_classes):
+        super().__init__()
+        from transformers import BertModel
+
+        self.bert = BertModel.from_pretrained(bert_dir)
+        self.drop = torch.nn.Dropout(p=0.3)
+        self.out = torch.nn.Linear(self.bert.config.hidden_size, n_classes)
+
+    def forward(self, input_ids, attention_mask, token_type_ids=None):
+        pooled = self.bert(input_ids=input_ids, attention_mask=attention_mask).pooler_output
+        return self.out(self.drop(pooled))
+
+
+def save_tutorial_checkpoint(path: Path, bert_dir: Path, n_classes: int = 3, seed: int = 3):
+    """The state dict the tutorial saved (bert.*, out.*); returns the model and the file."""
+    torch.manual_seed(seed)
+    model = TutorialClassifier(bert_dir, n_classes)
+    torch.save(model.state_dict(), path)
+    return model, path
+
+
+def save_hf_checkpoint(folder: Path, bert_dir: Path, seed: int = 4):
+    """A BertForSequenceClassification folder from save_pretrained, class names in id2label."""
+    from transformers import AutoTokenizer, BertConfig, BertForSequenceClassification
+
+    config = BertConfig.from_pretrained(bert_dir, id2label=dict(enumerate(CLASS_NAMES)))
+    config.label2id = {name: i for i, name in enumerate(CLASS_NAMES)}
+    torch.manual_seed(seed)
+    model = BertForSequenceClassification(config)
+    model.save_pretrained(folder, safe_serialization=True)
+    AutoTokenizer.from_pretrained(bert_dir).save_pretrained(folder)
+    return model, folder

@@ -1,0 +1,195 @@
+"""Turn your own BERT sentiment checkpoint into a model folder this server can archive and serve.
+
+Two layouts are understood:
+
+  tutorial   a BERT folder (e.g. bert-base-cased) plus the state dict the classic tutorial saved
+             from its SentimentClassifier: keys `bert.*` and `out.*` (a Linear on the pooled output)
+      python scripts/import_checkpoint.py --bert-dir ~/bert-base-cased \\
+          --state-dict best_model_state.bin --output models/tutorial
+
+  hf         a folder saved with `BertForSequenceClassification.save_pretrained`, labels in id2label
+      python scripts/import_checkpoint.py --hf-dir ~/my-finetuned-bert --output models/mine
+
+The output folder holds bert/ (config, tokenizer, safetensors weights), head.safetensors and a
+config.json; build and serve it with
+      make archive CONFIG=models/mine/config.json && make stop run
+
+Checkpoints are read with `torch.load(weights_only=True)` or safetensors, never unpickled freely.
+A checkpoint whose class count, keys or shapes do not fit is refused with a message naming them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import shutil
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from sentiment_model import TEMPERATURE_KEY, ModelConfig, SentimentClassifier
+
+log = logging.getLogger("import_checkpoint")
+DEFAULT_CLASS_NAMES = ("negative", "neutral", "positive")
+TOKENIZER_FILES = ("vocab.txt", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json")
+# Buffers that some transformers versions save and others do not; never learned.
+OPTIONAL_KEYS = {"bert.embeddings.position_ids"}
+
+
+class CheckpointError(ValueError):
+    """The checkpoint does not fit the model its configuration describes."""
+
+
+def read_tensors(path: Path) -> dict[str, torch.Tensor]:
+    if path.suffix == ".safetensors":
+        return load_file(str(path))
+    # weights_only refuses pickled code: a checkpoint cannot run anything while it loads.
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise CheckpointError(f"{path} is not a state dict of tensors")
+    return state
+
+
+def hf_weights(folder: Path) -> dict[str, torch.Tensor]:
+    for name in ("model.safetensors", "pytorch_model.bin"):
+        if (folder / name).is_file():
+            return read_tensors(folder / name)
+    raise CheckpointError(f"{folder} has neither model.safetensors nor pytorch_model.bin")
+
+
+def tutorial_to_hf_keys(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """The tutorial's `out.*` Linear sits where BertForSequenceClassification has `classifier.*`."""
+    if not any(k.startswith("out.") for k in state):
+        raise CheckpointError(f"not a tutorial state dict: no out.* keys (found {sorted(state)[:3]} ...)")
+    return {("classifier." + k[4:] if k.startswith("out.") else k): v for k, v in state.items()}
+
+
+def class_names_from_config(folder: Path) -> tuple[str, ...]:
+    config = json.loads((folder / "config.json").read_text())
+    id2label = config.get("id2label") or {}
+    names = tuple(id2label[k] for k in sorted(id2label, key=int))
+    if not names or all(name.startswith("LABEL_") for name in names):
+        raise CheckpointError(f"{folder}/config.json has no class names in id2label: pass --class-names")
+    return names
+
+
+def build_classifier(bert_dir: Path, state: dict[str, torch.Tensor], class_names: tuple[str, ...]):
+    """A BertForSequenceClassification with every tensor from `state`, after checking they all fit."""
+    from transformers import AutoConfig, BertForSequenceClassification
+
+    head = state.get("classifier.weight")
+    if head is None:
+        raise CheckpointError("the checkpoint has no classifier weights (classifier.weight or out.weight)")
+    if head.shape[0] != len(class_names):
+        raise CheckpointError(
+            f"the checkpoint has {head.shape[0]} classes (classifier weight {tuple(head.shape)}), "
+            f"but {len(class_names)} class names were given: {list(class_names)}"
+        )
+    config = AutoConfig.from_pretrained(
+        bert_dir,
+        num_labels=len(class_names),
+        id2label=dict(enumerate(class_names)),
+        label2id={name: i for i, name in enumerate(class_names)},
+    )
+    if config.model_type != "bert":
+        raise CheckpointError(f"{bert_dir} holds a {config.model_type!r} model; this server serves BERT")
+    model = BertForSequenceClassification(config)
+    expected = model.state_dict()
+    state = {k: v for k, v in state.items() if k not in OPTIONAL_KEYS}
+    missing = sorted(set(expected) - set(state) - OPTIONAL_KEYS)
+    unexpected = sorted(set(state) - set(expected))
+    mismatched = [
+        f"{k} {tuple(v.shape)} vs {tuple(expected[k].shape)}"
+        for k, v in state.items()
+        if k in expected and v.shape != expected[k].shape
+    ]
+    problems = []
+    if missing:
+        problems.append(f"{len(missing)} tensors missing, e.g. {missing[:3]}")
+    if unexpected:
+        problems.append(f"{len(unexpected)} unexpected tensors, e.g. {unexpected[:3]}")
+    if mismatched:
+        problems.append(f"shapes differ from {bert_dir.name}/config.json: {mismatched[:3]}")
+    if problems:
+        raise CheckpointError("checkpoint does not fit the model: " + "; ".join(problems))
+    model.load_state_dict(state, strict=False)
+    return model.eval()
+
+
+def write_model_folder(model, tokenizer_dir: Path, output: Path, max_sequence_len: int) -> Path:
+    bert_out = output / "bert"
+    if output.exists():
+        shutil.rmtree(output)
+    bert_out.mkdir(parents=True)
+    model.save_pretrained(bert_out, safe_serialization=True)
+    for name in TOKENIZER_FILES:
+        if (tokenizer_dir / name).is_file():
+            shutil.copy2(tokenizer_dir / name, bert_out / name)
+    head = {k: v.contiguous() for k, v in model.state_dict().items() if k.startswith("classifier.")}
+    save_file(head, str(output / "head.safetensors"), metadata={TEMPERATURE_KEY: "1.0"})
+    config = {
+        "MODEL_VERSION": "1.0",
+        "BERT_MODEL": "bert",
+        "PRE_TRAINED_MODEL": "head.safetensors",
+        "CLASS_NAMES": list(model.config.id2label[i] for i in range(model.config.num_labels)),
+        "MAX_SEQUENCE_LEN": min(max_sequence_len, model.config.max_position_embeddings),
+        "MAX_TEXT_CHARS": 5000,
+    }
+    (output / "config.json").write_text(json.dumps(config, indent=2) + "\n")
+    return output / "config.json"
+
+
+def import_checkpoint(
+    output: Path,
+    *,
+    bert_dir: Path | None = None,
+    state_dict: Path | None = None,
+    hf_dir: Path | None = None,
+    class_names: tuple[str, ...] | None = None,
+    max_sequence_len: int = 128,
+) -> Path:
+    """Convert, write the folder, and load it back the way a worker will. Returns its config.json."""
+    if hf_dir is not None:
+        names = class_names or class_names_from_config(hf_dir)
+        model = build_classifier(hf_dir, hf_weights(hf_dir), names)
+        tokenizer_dir = hf_dir
+    elif bert_dir is not None and state_dict is not None:
+        names = class_names or DEFAULT_CLASS_NAMES
+        model = build_classifier(bert_dir, tutorial_to_hf_keys(read_tensors(state_dict)), names)
+        tokenizer_dir = bert_dir
+    else:
+        raise CheckpointError("give --hf-dir, or --bert-dir with --state-dict")
+    config_path = write_model_folder(model, tokenizer_dir, output, max_sequence_len)
+    SentimentClassifier(ModelConfig.from_file(config_path)).load().predict(["a quick self-check"])
+    log.info("wrote %s: classes %s", output, list(names))
+    return config_path
+
+
+def main() -> None:
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--output", type=Path, required=True, help="the model folder to write")
+    parser.add_argument("--bert-dir", type=Path, help="tutorial layout: the BERT folder it fine-tuned")
+    parser.add_argument("--state-dict", type=Path, help="tutorial layout: its saved state dict (bert.*, out.*)")
+    parser.add_argument("--hf-dir", type=Path, help="a BertForSequenceClassification save_pretrained folder")
+    parser.add_argument("--class-names", help="comma-separated, in the head's output order")
+    parser.add_argument("--max-sequence-len", type=int, default=128)
+    args = parser.parse_args()
+    try:
+        config = import_checkpoint(
+            args.output,
+            bert_dir=args.bert_dir,
+            state_dict=args.state_dict,
+            hf_dir=args.hf_dir,
+            class_names=tuple(args.class_names.split(",")) if args.class_names else None,
+            max_sequence_len=args.max_sequence_len,
+        )
+    except CheckpointError as error:
+        raise SystemExit(f"refused: {error}") from None
+    log.info("next: make archive CONFIG=%s && make stop run", config)
+
+
+if __name__ == "__main__":
+    main()

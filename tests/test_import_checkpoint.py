@@ -1,0 +1,97 @@
+"""Bring-your-own checkpoints: the tutorial's layout and a save_pretrained folder, on tiny BERTs."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from import_checkpoint import CheckpointError, import_checkpoint
+from tiny_models import CLASS_NAMES, TutorialClassifier, save_hf_checkpoint, save_tutorial_checkpoint
+
+from sentiment_model import ModelConfig, SentimentClassifier
+
+TEXTS = ["good movie", "awful waste of time", "love the app , easy schedule !"]
+
+
+def served_probabilities(config_path):
+    classifier = SentimentClassifier(ModelConfig.from_file(config_path)).load()
+    return torch.tensor(
+        [[p.probabilities[c] for c in classifier.config.class_names] for p in classifier.predict(TEXTS)]
+    )
+
+
+def reference_probabilities(model, tokenizer_dir):
+    from transformers import AutoTokenizer
+
+    batch = AutoTokenizer.from_pretrained(tokenizer_dir)(TEXTS, padding=True, return_tensors="pt")
+    with torch.no_grad():
+        logits = model.eval()(**batch)
+    return torch.softmax(getattr(logits, "logits", logits), dim=-1)
+
+
+@pytest.fixture()
+def tutorial_checkpoint(tmp_path, tiny_bert_dir):
+    return save_tutorial_checkpoint(tmp_path / "best_model_state.bin", tiny_bert_dir)
+
+
+@pytest.fixture()
+def hf_checkpoint(tmp_path, tiny_bert_dir):
+    return save_hf_checkpoint(tmp_path / "hf", tiny_bert_dir)
+
+
+def test_tutorial_layout_serves_the_same_probabilities(tmp_path, tiny_bert_dir, tutorial_checkpoint):
+    model, state_dict = tutorial_checkpoint
+    config = import_checkpoint(tmp_path / "out", bert_dir=tiny_bert_dir, state_dict=state_dict)
+    assert json.loads(config.read_text())["CLASS_NAMES"] == CLASS_NAMES
+    expected = reference_probabilities(model, tiny_bert_dir)
+    assert torch.allclose(served_probabilities(config), expected, atol=1e-5)
+
+
+def test_hf_layout_takes_class_names_from_id2label(tmp_path, hf_checkpoint):
+    model, folder = hf_checkpoint
+    config = import_checkpoint(tmp_path / "out", hf_dir=folder)
+    assert json.loads(config.read_text())["CLASS_NAMES"] == CLASS_NAMES
+    assert torch.allclose(served_probabilities(config), reference_probabilities(model, folder), atol=1e-5)
+
+
+def test_class_count_mismatch_is_refused(tmp_path, tiny_bert_dir):
+    state_dict = tmp_path / "two_classes.bin"
+    torch.save(TutorialClassifier(tiny_bert_dir, 2).state_dict(), state_dict)
+    with pytest.raises(CheckpointError, match=r"has 2 classes .* but 3 class names"):
+        import_checkpoint(tmp_path / "out", bert_dir=tiny_bert_dir, state_dict=state_dict)
+
+
+def test_missing_and_foreign_keys_are_named(tmp_path, tiny_bert_dir, tutorial_checkpoint):
+    model, _ = tutorial_checkpoint
+    state = model.state_dict()
+    del state["bert.encoder.layer.1.output.dense.weight"]
+    state["extra.weight"] = torch.zeros(1)
+    path = tmp_path / "broken.bin"
+    torch.save(state, path)
+    with pytest.raises(CheckpointError, match=r"missing.*layer\.1\.output\.dense\.weight.*unexpected.*extra\.weight"):
+        import_checkpoint(tmp_path / "out", bert_dir=tiny_bert_dir, state_dict=path)
+
+
+def test_shapes_from_another_bert_are_refused(tmp_path, tiny_bert_dir, hf_checkpoint):
+    _, folder = hf_checkpoint
+    config = json.loads((folder / "config.json").read_text())
+    config["intermediate_size"] = 40  # the weights were trained with 37
+    (folder / "config.json").write_text(json.dumps(config))
+    with pytest.raises(CheckpointError, match=r"shapes differ.*intermediate\.dense\.weight \(37, 32\) vs \(40, 32\)"):
+        import_checkpoint(tmp_path / "out", hf_dir=folder)
+
+
+def test_a_state_dict_without_out_keys_is_not_a_tutorial_checkpoint(tmp_path, tiny_bert_dir, hf_checkpoint):
+    model, _ = hf_checkpoint
+    path = tmp_path / "hf_keys.bin"
+    torch.save(model.state_dict(), path)
+    with pytest.raises(CheckpointError, match=r"no out\.\* keys"):
+        import_checkpoint(tmp_path / "out", bert_dir=tiny_bert_dir, state_dict=path)
+
+
+def test_pickled_code_in_a_checkpoint_is_refused(tmp_path, tiny_bert_dir):
+    path = tmp_path / "evil.bin"
+    torch.save({"out.weight": torch.zeros(3, 32), "payload": TutorialClassifier}, path)
+    with pytest.raises(Exception, match=r"Weights only load failed|Unsupported global"):
+        import_checkpoint(tmp_path / "out", bert_dir=tiny_bert_dir, state_dict=path)
