@@ -17,7 +17,7 @@ export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 export TRANSFORMERS_VERBOSITY := error
 
-.PHONY: help setup data model eval archive run stop scale status test test-unit test-integration lint format clean
+.PHONY: help setup data model eval archive run stop scale status bench loadtest test test-unit test-integration lint format clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F ':.*## ' '{printf "  make %-17s %s\n", $$1, $$2}'
@@ -51,6 +51,12 @@ archive: $(STAMP) ## (re)build model_store/sentiment.mar; CONFIG=path/config.jso
 
 run: $(ARCHIVE) ## start TorchServe on 127.0.0.1 and wait for a READY worker (AUTH=off to drop tokens)
 	$(PY) scripts/server.py start $(if $(filter off,$(AUTH)),--no-auth)
+
+bench: $(STAMP) $(VADER) $(WEIGHTS) ## in-process ceiling vs TorchServe defaults vs the tutorial's way (ARGS=--variant ...)
+	$(PY) scripts/bench.py $(ARGS)
+
+loadtest: $(STAMP) $(VADER) ## closed- and open-loop load against the running server (make run first)
+	$(PY) scripts/loadtest.py $(ARGS)
 
 stop: ## stop TorchServe and its workers
 	@if [ -x $(PY) ]; then $(PY) scripts/server.py stop; fi

@@ -33,7 +33,15 @@ CONFIG_KEYS: dict[str, type] = {
     "CLASS_NAMES": list,
     "MAX_SEQUENCE_LEN": int,
     "MAX_TEXT_CHARS": int,
+    "PRECISION": str,
+    "PADDING": str,
+    "THREADS": int,
 }
+# auto: int8 dynamic quantization of the Linear layers on CPU, fp16 on GPU.
+PRECISIONS = ("auto", "fp32", "int8", "fp16", "bf16")
+# longest: pad each batch to its longest text. max_length: pad every text to MAX_SEQUENCE_LEN
+# (the tutorial's way, kept to measure against).
+PADDINGS = ("longest", "max_length")
 
 
 @dataclass(frozen=True)
@@ -44,6 +52,9 @@ class ModelConfig:
     class_names: tuple[str, ...]  # output order of the classifier head
     max_sequence_len: int  # tokens per text, [CLS] and [SEP] included; longer texts are truncated
     max_text_chars: int  # longer texts are rejected with 400 before tokenization
+    precision: str = "auto"  # one of PRECISIONS
+    padding: str = "longest"  # one of PADDINGS
+    threads: int = 0  # torch intra-op threads per worker; 0 leaves torch's default (every core)
 
     @classmethod
     def from_dict(cls, raw: dict[str, Any], base_dir: Path) -> ModelConfig:
@@ -67,6 +78,12 @@ class ModelConfig:
             raise ConfigError(f"MAX_SEQUENCE_LEN must be within 8..4096, got {raw['MAX_SEQUENCE_LEN']}")
         if raw["MAX_TEXT_CHARS"] < 1:
             raise ConfigError(f"MAX_TEXT_CHARS must be positive, got {raw['MAX_TEXT_CHARS']}")
+        if raw["PRECISION"] not in PRECISIONS:
+            raise ConfigError(f"PRECISION must be one of {PRECISIONS}, got {raw['PRECISION']!r}")
+        if raw["PADDING"] not in PADDINGS:
+            raise ConfigError(f"PADDING must be one of {PADDINGS}, got {raw['PADDING']!r}")
+        if raw["THREADS"] < 0:
+            raise ConfigError(f"THREADS must be 0 (torch's default) or more, got {raw['THREADS']}")
         bert_model = raw["BERT_MODEL"]
         if not bert_model.startswith(PACKAGE_PREFIX):
             bert_model = str(base_dir / bert_model)
@@ -77,6 +94,9 @@ class ModelConfig:
             class_names=class_names,
             max_sequence_len=raw["MAX_SEQUENCE_LEN"],
             max_text_chars=raw["MAX_TEXT_CHARS"],
+            precision=raw["PRECISION"],
+            padding=raw["PADDING"],
+            threads=raw["THREADS"],
         )
 
     @classmethod
@@ -168,6 +188,25 @@ def load_fine_tuned_weights(model, path: Path, must_cover: set[str]) -> dict[str
     return metadata
 
 
+def resolve_precision(precision: str, device: str) -> str:
+    if precision == "auto":
+        return "fp16" if device.startswith("cuda") else "int8"
+    if precision == "int8" and device.startswith("cuda"):
+        raise ConfigError("PRECISION int8 (dynamic quantization) runs on CPU only: use fp16 or bf16 on GPU")
+    return precision
+
+
+def with_precision(model, precision: str, device: str):
+    """The model in the precision it will serve in; the logits are cast back to fp32 after."""
+    import torch
+
+    if precision == "int8":
+        # Dynamic quantization: Linear weights stored in int8, activations quantized per batch.
+        return torch.ao.quantization.quantize_dynamic(model, {torch.nn.Linear}, dtype=torch.qint8)
+    dtypes = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+    return model.to(device=device, dtype=dtypes[precision])
+
+
 class SentimentClassifier:
     """Tokenizes a batch in one call, padded to its longest text, and runs one forward pass."""
 
@@ -177,8 +216,10 @@ class SentimentClassifier:
         self.tokenizer = None
         self.model = None
         self.temperature = 1.0
+        self.precision = config.precision
 
     def load(self) -> SentimentClassifier:
+        import torch
         from transformers import AutoTokenizer
 
         bert_dir = resolve_bert_dir(self.config.bert_model)
@@ -189,12 +230,17 @@ class SentimentClassifier:
             raise ConfigError(f"MAX_SEQUENCE_LEN {self.config.max_sequence_len} exceeds the model's limit of {limit}")
         metadata = load_fine_tuned_weights(model, self.config.pre_trained_model, new_tensors)
         self.temperature = float(metadata.get(TEMPERATURE_KEY, 1.0))
-        self.model = model.to(self.device).eval()
+        if self.config.threads:
+            torch.set_num_threads(self.config.threads)
+        self.precision = resolve_precision(self.config.precision, self.device)
+        self.model = with_precision(model.eval(), self.precision, self.device)
         log.info(
-            "loaded %s with %s on %s (temperature %.3f)",
+            "loaded %s with %s on %s in %s, %d threads (temperature %.3f)",
             bert_dir.name,
             self.config.pre_trained_model.name,
             self.device,
+            self.precision,
+            torch.get_num_threads(),
             self.temperature,
         )
         return self
@@ -203,7 +249,7 @@ class SentimentClassifier:
         """Pad to the longest text of the batch, cut at MAX_SEQUENCE_LEN."""
         return self.tokenizer(
             texts,
-            padding=True,
+            padding=self.config.padding,
             truncation=True,
             max_length=self.config.max_sequence_len,
             return_tensors="pt",

@@ -136,6 +136,9 @@ def write_model_folder(model, tokenizer_dir: Path, output: Path, max_sequence_le
         "CLASS_NAMES": list(model.config.id2label[i] for i in range(model.config.num_labels)),
         "MAX_SEQUENCE_LEN": min(max_sequence_len, model.config.max_position_embeddings),
         "MAX_TEXT_CHARS": 5000,
+        "PRECISION": "auto",
+        "PADDING": "longest",
+        "THREADS": 0,
     }
     (output / "config.json").write_text(json.dumps(config, indent=2) + "\n")
     return output / "config.json"

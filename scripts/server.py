@@ -234,6 +234,32 @@ class LocalServer:
         return "\n".join(chunks) or f"(no logs in {self.log_dir})"
 
 
+def free_ports(count: int) -> list[int]:
+    """Ports nothing listens on now (the OS picks them); for tests and benchmarks beside `make run`."""
+    import socket
+
+    sockets = [socket.socket() for _ in range(count)]
+    try:
+        for s in sockets:
+            s.bind(("127.0.0.1", 0))
+        return [s.getsockname()[1] for s in sockets]
+    finally:
+        for s in sockets:
+            s.close()
+
+
+def server_on_free_ports(run_dir: Path, model_store: Path, **overrides: str) -> LocalServer:
+    inference, management, metrics, grpc_inference, grpc_management = free_ports(5)
+    ports = {
+        "inference_address": f"http://127.0.0.1:{inference}",
+        "management_address": f"http://127.0.0.1:{management}",
+        "metrics_address": f"http://127.0.0.1:{metrics}",
+        "grpc_inference_port": str(grpc_inference),
+        "grpc_management_port": str(grpc_management),
+    }
+    return LocalServer(run_dir=run_dir, model_store=model_store, overrides={**ports, **overrides})
+
+
 def parse_properties(text: str) -> dict[str, str]:
     settings = {}
     for line in text.splitlines():

@@ -84,6 +84,9 @@ def test_temperature_from_the_weights_metadata_softens_probabilities(tmp_path, t
         ({"CLASS_NAMES": ["positive"]}, "at least two distinct"),
         ({"MAX_TEXT_CHARS": 0}, "MAX_TEXT_CHARS must be positive"),
         ({"BATCH": 3}, "unknown: ['BATCH']"),
+        ({"PRECISION": "int4"}, "PRECISION must be one of"),
+        ({"PADDING": "shortest"}, "PADDING must be one of"),
+        ({"THREADS": -1}, "THREADS must be 0"),
     ],
 )
 def test_config_errors_name_the_key(model_dir, change, message):
@@ -152,3 +155,31 @@ def test_bert_model_must_be_a_local_folder(tmp_path, tiny_bert_dir):
     model_dir = write_model_dir(tmp_path / "m", tiny_bert_dir, BERT_MODEL="bert-base-cased")
     with pytest.raises(ConfigError, match="not a Hugging Face model folder"):
         load(model_dir)
+
+
+def test_max_length_padding_pads_every_text_like_the_tutorial(tmp_path, tiny_bert_dir):
+    classifier = load(write_model_dir(tmp_path / "m", tiny_bert_dir, PADDING="max_length"))
+    assert classifier.tokenize(["good"])["input_ids"].shape == (1, 16)
+
+
+def test_int8_precision_quantizes_linear_layers_and_stays_close_to_fp32(tmp_path, tiny_bert_dir, classifier):
+    quantized = load(write_model_dir(tmp_path / "m", tiny_bert_dir, PRECISION="int8"))
+    assert quantized.precision == "int8"
+    assert any(type(m).__module__.startswith("torch.ao.nn.quantized.dynamic") for m in quantized.model.modules())
+    texts = ["good movie", "awful waste of time", "love the app"]
+    for fp32, int8 in zip(classifier.predict(texts), quantized.predict(texts)):
+        for name in CLASS_NAMES:
+            assert int8.probabilities[name] == pytest.approx(fp32.probabilities[name], abs=0.05)
+
+
+def test_auto_precision_is_int8_on_cpu(tmp_path, tiny_bert_dir):
+    assert load(write_model_dir(tmp_path / "m", tiny_bert_dir, PRECISION="auto")).precision == "int8"
+
+
+def test_threads_setting_is_applied(tmp_path, tiny_bert_dir):
+    before = torch.get_num_threads()
+    try:
+        load(write_model_dir(tmp_path / "m", tiny_bert_dir, THREADS=1))
+        assert torch.get_num_threads() == 1
+    finally:
+        torch.set_num_threads(before)

@@ -15,7 +15,10 @@ TEXTS = ["good movie", "awful waste of time", "love the app , easy schedule !"]
 
 
 def served_probabilities(config_path):
-    classifier = SentimentClassifier(ModelConfig.from_file(config_path)).load()
+    # fp32 here: the comparison is about weights and keys, not about int8 rounding.
+    raw = json.loads(config_path.read_text())
+    config = ModelConfig.from_dict({**raw, "PRECISION": "fp32"}, config_path.parent)
+    classifier = SentimentClassifier(config).load()
     return torch.tensor(
         [[p.probabilities[c] for c in classifier.config.class_names] for p in classifier.predict(TEXTS)]
     )

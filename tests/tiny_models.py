@@ -62,6 +62,9 @@ def write_model_dir(path: Path, bert_dir: Path, **overrides) -> Path:
         "CLASS_NAMES": CLASS_NAMES,
         "MAX_SEQUENCE_LEN": 16,
         "MAX_TEXT_CHARS": 200,
+        "PRECISION": "fp32",
+        "PADDING": "longest",
+        "THREADS": 0,
         **overrides,
     }
     (path / "config.json").write_text(json.dumps(config))

@@ -2,42 +2,18 @@
 
 from __future__ import annotations
 
-import socket
 from pathlib import Path
 
 import pytest
 
 from build_archive import build
-from server import LocalServer
+from server import LocalServer, server_on_free_ports
 
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def free_ports(count: int) -> list[int]:
-    sockets = [socket.socket() for _ in range(count)]
-    try:
-        for s in sockets:
-            s.bind(("127.0.0.1", 0))
-        return [s.getsockname()[1] for s in sockets]
-    finally:
-        for s in sockets:
-            s.close()
-
-
 def local_server(tmp: Path, model_store: Path, **overrides) -> LocalServer:
-    inference, management, metrics, grpc_inference, grpc_management = free_ports(5)
-    return LocalServer(
-        run_dir=tmp / "run",
-        model_store=model_store,
-        overrides={
-            "inference_address": f"http://127.0.0.1:{inference}",
-            "management_address": f"http://127.0.0.1:{management}",
-            "metrics_address": f"http://127.0.0.1:{metrics}",
-            "grpc_inference_port": str(grpc_inference),
-            "grpc_management_port": str(grpc_management),
-            **overrides,
-        },
-    )
+    return server_on_free_ports(tmp / "run", model_store, **overrides)
 
 
 @pytest.fixture(scope="session")

@@ -5,11 +5,13 @@ from __future__ import annotations
 import json
 import re
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 import pytest
 import requests
 
 pytestmark = pytest.mark.integration
+ROOT = Path(__file__).resolve().parents[2]
 
 NEGATIVE = "This app is a total waste of time!"
 POSITIVE = "OMG. I love how easy it is to stick to my schedule. Would recommend to everyone!"
@@ -53,6 +55,17 @@ def test_the_readme_sentences(server, text, expected):
     assert body["confidence"] > 0.8
     assert set(body["probabilities"]) == {"negative", "neutral", "positive"}
     assert body["truncated"] is False
+
+
+def test_served_default_model_answers_as_in_process(server):
+    from sentiment_model import ModelConfig, SentimentClassifier
+
+    texts = [NEGATIVE, POSITIVE, "The battery died after two days.", "It is a phone.", "Not bad at all, really."]
+    in_process = SentimentClassifier(ModelConfig.from_file(ROOT / "config.json")).load().predict(texts)
+    for text, expected in zip(texts, in_process):
+        body = predict(server, text.encode(), "text/plain").json()
+        assert body["sentiment"] == expected.sentiment
+        assert body["probabilities"] == pytest.approx(expected.probabilities, abs=1e-4)
 
 
 def test_plain_text_body_answers_like_json(server):

@@ -1,0 +1,193 @@
+"""Side by side, on the same sentences and machine, in one run:
+
+  (a) ceiling   the model in-process at its best batch size, in the served precision
+  (b) project   TorchServe with this project's defaults (config.json + config.properties)
+  (c) tutorial  TorchServe the tutorial's way: batch size 1, every text padded to 160 tokens, fp32
+
+    python scripts/bench.py [--seconds 15] [--concurrency 16] [--variant NAME:KEY=VALUE,...]
+
+Prints throughput, idle single-request latency and worker memory, the ratios b/c and b/a, and
+writes reports/bench.json and reports/bench.md (the table the README shows). Each extra
+`--variant` is another TorchServe configuration measured the same way, e.g.
+`--variant fp32:PRECISION=fp32` or `--variant batch16:batchSize=16` or `--variant 2x1:minWorkers=2,THREADS=1`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import statistics
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from loadtest import Client, closed_loop, review_sentences
+
+from build_archive import build
+from sentiment_model import CONFIG_KEYS, PACKAGE_PREFIX, ModelConfig, SentimentClassifier
+from server import LocalServer, parse_properties, server_on_free_ports
+
+log = logging.getLogger("bench")
+ROOT = Path(__file__).resolve().parent.parent
+MODEL_SETTINGS = {"minWorkers", "maxWorkers", "batchSize", "maxBatchDelay"}
+TUTORIAL = {"PRECISION": "fp32", "PADDING": "max_length", "MAX_SEQUENCE_LEN": 160, "batchSize": 1}
+
+
+@dataclass
+class Row:
+    name: str
+    settings: str
+    throughput: float  # texts per second
+    idle_p50_ms: float | None  # one request at a time on an idle server
+    worker_rss_mb: float | None
+    generator_cpu_share: float | None = None
+
+
+def variant_files(folder: Path, changes: dict) -> tuple[Path, dict]:
+    """A config.json and the per-model TorchServe settings for one variant."""
+    raw = json.loads((ROOT / "config.json").read_text())
+    for key in ("PRE_TRAINED_MODEL", "BERT_MODEL"):
+        if not raw[key].startswith(PACKAGE_PREFIX):
+            raw[key] = str((ROOT / raw[key]).resolve())
+    raw.update({k: v for k, v in changes.items() if k in CONFIG_KEYS})
+    (folder / "config.json").write_text(json.dumps(raw))
+    models = json.loads(parse_properties((ROOT / "config.properties").read_text())["models"])
+    version = raw["MODEL_VERSION"]
+    models["sentiment"][version].update({k: v for k, v in changes.items() if k in MODEL_SETTINGS})
+    return folder / "config.json", models
+
+
+def ceiling(sentences: list[str], batch_sizes=(8, 16, 32, 64)) -> Row:
+    classifier = SentimentClassifier(ModelConfig.from_file(ROOT / "config.json")).load()
+    classifier.predict(sentences[:32])  # warm-up
+    best, best_batch = 0.0, 0
+    for batch in batch_sizes:
+        started = time.perf_counter()
+        for i in range(0, len(sentences), batch):
+            classifier.predict(sentences[i : i + batch])
+        rate = len(sentences) / (time.perf_counter() - started)
+        log.info("in-process, batch %d: %.1f texts/s", batch, rate)
+        if rate > best:
+            best, best_batch = rate, batch
+    return Row("(a) in-process ceiling", f"batch {best_batch}, {classifier.precision}", round(best, 1), None, None)
+
+
+def worker_rss_mb(server: LocalServer) -> float:
+    """Resident memory of the Python workers (the JVM frontend is reported apart in the JSON)."""
+    workers = server.processes()[1:]
+    return round(sum(p.memory_info().rss for p in workers) / 1e6, 0)
+
+
+def idle_latency_ms(server: LocalServer, sentences: list[str], n: int = 60) -> float:
+    client = Client(f"{server.url('inference')}/predictions/sentiment", server.auth_header("inference"))
+    timings = []
+    for text in sentences[:n]:
+        started = time.perf_counter()
+        assert client.post(text) == 200
+        timings.append(time.perf_counter() - started)
+    return round(statistics.median(timings[5:]) * 1000, 1)
+
+
+def measure_server(tmp: Path, name: str, changes: dict, sentences, seconds: float, concurrency: int) -> Row:
+    folder = Path(tempfile.mkdtemp(dir=tmp))
+    config, models = variant_files(folder, changes)
+    store = build(config, folder / "store").parent
+    server = server_on_free_ports(folder / "run", store, models=json.dumps(models))
+    server.start(timeout=180)
+    try:
+        settings = models["sentiment"][ModelConfig.from_file(config).model_version]
+        workers = settings.get("minWorkers", 1)
+        if workers > 1:
+            server.scale(workers)
+        latency = idle_latency_ms(server, sentences)
+        url = f"{server.url('inference')}/predictions/sentiment"
+        closed_loop(url, server.auth_header("inference"), sentences, concurrency, 2)  # warm-up
+        result = closed_loop(url, server.auth_header("inference"), sentences, concurrency, seconds)
+        if result.errors:
+            log.warning("%s: %d errors of %d requests", name, result.errors, result.requests)
+        rss = worker_rss_mb(server)
+    finally:
+        server.stop()
+    described = ", ".join(f"{k}={v}" for k, v in changes.items()) or "defaults"
+    return Row(name, described, result.throughput, latency, rss, result.generator_cpu_share)
+
+
+def markdown(rows: list[Row], a: Row, b: Row, c: Row, command: str) -> str:
+    lines = [
+        "| configuration | settings | texts/s | idle p50 latency | worker RSS |",
+        "|---|---|---:|---:|---:|",
+    ]
+    for r in rows:
+        latency = f"{r.idle_p50_ms:.1f} ms" if r.idle_p50_ms is not None else "-"
+        rss = f"{r.worker_rss_mb:.0f} MB" if r.worker_rss_mb is not None else "-"
+        lines.append(f"| {r.name} | {r.settings} | {r.throughput:.1f} | {latency} | {rss} |")
+    lines.append("")
+    lines.append(
+        f"b/c = **{b.throughput / c.throughput:.1f}x** the tutorial's throughput; "
+        f"b/a = **{b.throughput / a.throughput:.0%}** of the in-process ceiling."
+    )
+    lines.append(f"Produced by `{command}`.")
+    return "\n".join(lines)
+
+
+def parse_variant(text: str) -> tuple[str, dict]:
+    name, _, assignments = text.partition(":")
+    changes = {}
+    for assignment in filter(None, assignments.split(",")):
+        key, value = assignment.split("=", 1)
+        changes[key] = int(value) if value.isdigit() else value
+    return name, changes
+
+
+def main() -> None:
+    import sys
+
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--seconds", type=float, default=15.0, help="closed-loop time per server configuration")
+    parser.add_argument("--concurrency", type=int, default=16, help="clients for the throughput runs")
+    parser.add_argument("--sentences", type=int, default=1024)
+    parser.add_argument("--variant", action="append", default=[], help="NAME:KEY=VALUE,... (see above)")
+    parser.add_argument("--out", type=Path, default=ROOT / "reports")
+    args = parser.parse_args()
+
+    sentences = review_sentences(args.sentences)
+    log.info(
+        "%d review sentences, %d clients, %.0f s per server configuration",
+        len(sentences),
+        args.concurrency,
+        args.seconds,
+    )
+    a = ceiling(sentences)
+    with tempfile.TemporaryDirectory(prefix="sentiment-bench-") as tmp:
+        tmp = Path(tmp)
+        b = measure_server(tmp, "(b) TorchServe, project defaults", {}, sentences, args.seconds, args.concurrency)
+        c = measure_server(tmp, "(c) TorchServe, tutorial way", TUTORIAL, sentences, args.seconds, args.concurrency)
+        extra = [
+            measure_server(tmp, f"variant {name}", changes, sentences, args.seconds, args.concurrency)
+            for name, changes in map(parse_variant, args.variant)
+        ]
+    rows = [a, b, c, *extra]
+    command = "make bench" + (" ARGS=..." if args.variant else "")
+    table = markdown(rows, a, b, c, command)
+    log.info("\n%s\n", table)
+    for r in rows[1:]:
+        log.info("%s: load generator used %.0f%% of the machine", r.name, 100 * (r.generator_cpu_share or 0))
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "bench.md").write_text(table + "\n")
+    report = {
+        "sentences": len(sentences),
+        "concurrency": args.concurrency,
+        "seconds": args.seconds,
+        "rows": [r.__dict__ for r in rows],
+        "b_over_c": b.throughput / c.throughput,
+        "b_over_a": b.throughput / a.throughput,
+        "argv": sys.argv[1:],
+    }
+    (args.out / "bench.json").write_text(json.dumps(report, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,232 @@
+"""Load-test the running server with real review sentences: closed and open loop.
+
+    python scripts/loadtest.py [--concurrency 1 2 4 8 16 32] [--rates 25 50 100 150 200 250]
+                               [--seconds 10] [--out reports/]
+
+Closed loop: N clients each send a request as soon as their previous one returned. Open loop:
+requests leave on a fixed schedule whatever the server does, and latency counts from the
+scheduled time, so queueing shows. Sentences come from the VADER movie-review and tweet sets
+(training corpora, never the reserved test set). Each level reports throughput, p50/p95/p99
+latency, errors and the load generator's own CPU share of the machine, since it shares the
+cores with the server. Writes reports/loadtest.json and reports/loadtest.png.
+"""
+
+from __future__ import annotations
+
+import argparse
+import http.client
+import json
+import logging
+import os
+import random
+import statistics
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from urllib.parse import urlsplit
+
+from tqdm import tqdm
+
+log = logging.getLogger("loadtest")
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def review_sentences(limit: int = 2000, seed: int = 7) -> list[str]:
+    from datasets import load_vader
+
+    sentences = [e.text for name in ("movieReviewSnippets", "tweets") for e in load_vader(name)]
+    random.Random(seed).shuffle(sentences)
+    return sentences[:limit]
+
+
+class Client:
+    """One keep-alive HTTP connection: http.client costs far less CPU per request than requests."""
+
+    def __init__(self, url: str, headers: dict[str, str]):
+        parts = urlsplit(url)
+        self.host, self.port, self.path = parts.hostname, parts.port, parts.path
+        self.headers = {"Content-Type": "text/plain; charset=utf-8", **headers}
+        self.connection = http.client.HTTPConnection(self.host, self.port, timeout=60)
+
+    def post(self, text: str) -> int:
+        try:
+            self.connection.request("POST", self.path, body=text.encode(), headers=self.headers)
+            response = self.connection.getresponse()
+            response.read()
+            return response.status
+        except (OSError, http.client.HTTPException):
+            self.connection.close()
+            self.connection = http.client.HTTPConnection(self.host, self.port, timeout=60)
+            return 0  # connection error
+
+
+@dataclass
+class LevelResult:
+    mode: str  # closed (concurrency) or open (arrival rate)
+    level: float  # clients, or requests per second offered
+    requests: int
+    errors: int
+    seconds: float
+    throughput: float  # successful requests per second
+    p50_ms: float
+    p95_ms: float
+    p99_ms: float
+    generator_cpu_share: float  # of the whole machine (all cores)
+
+
+def percentile(values: list[float], q: float) -> float:
+    if not values:
+        return float("nan")
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(q / 100 * len(ordered)))]
+
+
+def summarize(mode, level, latencies, statuses, seconds, cpu_seconds) -> LevelResult:
+    ok = [lat for lat, status in zip(latencies, statuses) if status == 200]
+    return LevelResult(
+        mode=mode,
+        level=level,
+        requests=len(statuses),
+        errors=sum(status != 200 for status in statuses),
+        seconds=round(seconds, 2),
+        throughput=round(len(ok) / seconds, 1),
+        p50_ms=round(percentile(ok, 50) * 1000, 1),
+        p95_ms=round(percentile(ok, 95) * 1000, 1),
+        p99_ms=round(percentile(ok, 99) * 1000, 1),
+        generator_cpu_share=round(cpu_seconds / seconds / (os.cpu_count() or 1), 3),
+    )
+
+
+def cpu_time() -> float:
+    times = os.times()
+    return times.user + times.system
+
+
+def closed_loop(url, headers, sentences, concurrency: int, seconds: float, max_requests: int = 100_000):
+    """`concurrency` clients, each sending back to back for `seconds`."""
+    latencies: list[float] = []
+    statuses: list[int] = []
+    lock = threading.Lock()
+    deadline = time.monotonic() + seconds
+    progress = tqdm(total=None, desc=f"closed loop, {concurrency} clients", unit="req", leave=False)
+
+    def client_loop(offset: int) -> None:
+        client = Client(url, headers)
+        i = offset
+        while time.monotonic() < deadline and len(statuses) < max_requests:
+            started = time.perf_counter()
+            status = client.post(sentences[i % len(sentences)])
+            elapsed = time.perf_counter() - started
+            with lock:
+                latencies.append(elapsed)
+                statuses.append(status)
+            progress.update()
+            i += concurrency
+
+    cpu_before, started = cpu_time(), time.monotonic()
+    with ThreadPoolExecutor(concurrency) as pool:
+        list(pool.map(client_loop, range(concurrency)))
+    wall = time.monotonic() - started
+    progress.close()
+    return summarize("closed", concurrency, latencies, statuses, wall, cpu_time() - cpu_before)
+
+
+def open_loop(url, headers, sentences, rate: float, seconds: float, max_in_flight: int = 256):
+    """Requests leave every 1/rate seconds; latency counts from the scheduled departure."""
+    total = int(rate * seconds)
+    latencies = [0.0] * total
+    statuses = [0] * total
+    local = threading.local()
+    start = time.perf_counter() + 0.05
+
+    def send(i: int) -> None:
+        if not hasattr(local, "client"):
+            local.client = Client(url, headers)
+        scheduled = start + i / rate
+        delay = scheduled - time.perf_counter()
+        if delay > 0:
+            time.sleep(delay)  # keep the schedule: this is the arrival process, not a readiness wait
+        statuses[i] = local.client.post(sentences[i % len(sentences)])
+        latencies[i] = time.perf_counter() - scheduled
+
+    cpu_before = cpu_time()
+    with ThreadPoolExecutor(max_in_flight) as pool:
+        list(
+            tqdm(pool.map(send, range(total)), total=total, desc=f"open loop, {rate:g} req/s", unit="req", leave=False)
+        )
+    wall = time.perf_counter() - start
+    return summarize("open", rate, latencies, statuses, wall, cpu_time() - cpu_before)
+
+
+def plot(results: list[LevelResult], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(10, 4))
+    closed = [r for r in results if r.mode == "closed"]
+    opened = [r for r in results if r.mode == "open"]
+    for key, style in (("p50_ms", "o-"), ("p95_ms", "s--"), ("p99_ms", "^:")):
+        axes[0].plot([r.throughput for r in closed], [getattr(r, key) for r in closed], style, label=key[:3])
+        axes[1].plot([r.level for r in opened], [getattr(r, key) for r in opened], style, label=key[:3])
+    for r in closed:
+        axes[0].annotate(
+            f"{r.level:g}", (r.throughput, r.p50_ms), textcoords="offset points", xytext=(3, -10), fontsize=7
+        )
+    axes[0].set(title="closed loop (labels: clients)", xlabel="throughput (req/s)", ylabel="latency (ms)")
+    axes[1].set(title="open loop", xlabel="offered rate (req/s)", ylabel="latency (ms)")
+    for ax in axes:
+        ax.set_yscale("log")
+        ax.grid(alpha=0.3)
+        ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def print_table(results: list[LevelResult]) -> None:
+    header = (
+        f"{'mode':6s} {'level':>6s} {'req/s':>7s} {'p50 ms':>7s} {'p95 ms':>7s} {'p99 ms':>7s} "
+        f"{'errors':>6s} {'gen CPU':>7s}"
+    )
+    lines = [header]
+    for r in results:
+        lines.append(
+            f"{r.mode:6s} {r.level:6g} {r.throughput:7.1f} {r.p50_ms:7.1f} {r.p95_ms:7.1f} "
+            f"{r.p99_ms:7.1f} {r.errors:6d} {r.generator_cpu_share:7.1%}"
+        )
+    log.info("\n%s", "\n".join(lines))
+
+
+def main() -> None:
+    from server import LocalServer
+
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--concurrency", type=int, nargs="*", default=[1, 2, 4, 8, 16, 32])
+    parser.add_argument("--rates", type=float, nargs="*", default=[25, 50, 100, 150, 200, 250])
+    parser.add_argument("--seconds", type=float, default=10.0, help="per level")
+    parser.add_argument("--out", type=Path, default=ROOT / "reports")
+    args = parser.parse_args()
+
+    server = LocalServer()
+    url = f"{server.url('inference')}/predictions/{server.model_name}"
+    headers = server.auth_header("inference")
+    sentences = review_sentences()
+    results = [closed_loop(url, headers, sentences, c, args.seconds) for c in args.concurrency]
+    results += [open_loop(url, headers, sentences, r, args.seconds) for r in args.rates]
+    print_table(results)
+    args.out.mkdir(parents=True, exist_ok=True)
+    report = {"url": url, "seconds_per_level": args.seconds, "results": [asdict(r) for r in results]}
+    (args.out / "loadtest.json").write_text(json.dumps(report, indent=2) + "\n")
+    plot(results, args.out / "loadtest.png")
+    log.info("wrote %s and %s", args.out / "loadtest.json", args.out / "loadtest.png")
+    median_ms = statistics.median([r.p50_ms for r in results if r.mode == "closed" and r.level == 1] or [0])
+    log.info("single client median latency: %.1f ms", median_ms)
+
+
+if __name__ == "__main__":
+    main()
