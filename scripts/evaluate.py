@@ -11,6 +11,7 @@ set, a confusion-matrix PNG and a reliability diagram.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import logging
 import time
@@ -31,7 +32,7 @@ def model_probabilities(classifier: SentimentClassifier, texts: list[str]) -> li
     # Length-sorted batches: the server pads each batch to its longest text, so this is how it runs.
     order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
     probabilities: list[list[float]] = [[]] * len(texts)
-    for start in tqdm(range(0, len(order), BATCH_SIZE), desc="model", unit="batch"):
+    for start in tqdm(range(0, len(order), BATCH_SIZE), desc=f"model {classifier.precision}", unit="batch"):
         idx = order[start : start + BATCH_SIZE]
         for i, prediction in zip(idx, classifier.predict([texts[i] for i in idx])):
             probabilities[i] = [prediction.probabilities[name] for name in CLASS_NAMES]
@@ -50,20 +51,27 @@ def vader_predictions(texts: list[str]) -> list[int]:
     return predictions
 
 
-def evaluate_set(name: str, examples: list[Example], classifier: SentimentClassifier, out: Path) -> dict:
-    texts = [e.text for e in examples]
-    labels = [e.label for e in examples]
+def score_model(classifier: SentimentClassifier, texts: list[str], labels: list[int]) -> dict:
     started = time.monotonic()
     probabilities = model_probabilities(classifier, texts)
     seconds = time.monotonic() - started
-    model = classification_report(labels, [p.index(max(p)) for p in probabilities], CLASS_NAMES)
-    model["ece"] = expected_calibration_error(probabilities, labels)
-    model["texts_per_second"] = len(texts) / seconds
-    bins = calibration_bins(probabilities, labels)
-    lexicon = classification_report(labels, vader_predictions(texts), CLASS_NAMES)
-    plot_confusion(model["confusion_matrix"], f"{name}: confusion matrix", out / f"{name}-confusion.png")
-    plot_reliability(bins, model["ece"], f"{name}: reliability", out / f"{name}-reliability.png")
-    return {"examples": len(examples), "model": model, "vader_lexicon": lexicon, "calibration_bins": bins}
+    report = classification_report(labels, [p.index(max(p)) for p in probabilities], CLASS_NAMES)
+    report["ece"] = expected_calibration_error(probabilities, labels)
+    report["calibration_bins"] = calibration_bins(probabilities, labels)
+    report["texts_per_second"] = len(texts) / seconds
+    return report
+
+
+def evaluate_set(name: str, examples: list[Example], classifiers: dict, out: Path) -> dict:
+    """Every precision of the model, then the VADER lexicon; plots for the served precision."""
+    texts = [e.text for e in examples]
+    labels = [e.label for e in examples]
+    scores = {f"model {precision}": score_model(c, texts, labels) for precision, c in classifiers.items()}
+    served = scores[f"model {next(iter(classifiers))}"]
+    plot_confusion(served["confusion_matrix"], f"{name}: confusion matrix", out / f"{name}-confusion.png")
+    plot_reliability(served["calibration_bins"], served["ece"], f"{name}: reliability", out / f"{name}-reliability.png")
+    scores["VADER lexicon"] = classification_report(labels, vader_predictions(texts), CLASS_NAMES)
+    return {"examples": len(examples), "scores": scores}
 
 
 def plot_confusion(matrix: list[list[int]], title: str, path: Path) -> None:
@@ -133,8 +141,7 @@ def plot_reliability(bins: list[dict], ece: float, title: str, path: Path) -> No
 def print_summary(results: dict) -> None:
     rows = [("test set", "scorer", "n", "accuracy", "macro-F1", "ECE")]
     for name, result in results.items():
-        for scorer in ("model", "vader_lexicon"):
-            r = result[scorer]
+        for scorer, r in result["scores"].items():
             rows.append(
                 (
                     name,
@@ -148,12 +155,11 @@ def print_summary(results: dict) -> None:
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
     lines = ["  ".join(cell.ljust(w) for cell, w in zip(row, widths)) for row in rows]
     for name, result in results.items():
-        lines.append(f"\n{name}, model, per class (precision / recall / F1):")
-        for label, c in result["model"]["per_class"].items():
+        scorer, served = next(iter(result["scores"].items()))
+        lines.append(f"\n{name}, {scorer} (served), per class (precision / recall / F1):")
+        for label, c in served["per_class"].items():
             lines.append(f"  {label:9s} {c['precision']:.3f} / {c['recall']:.3f} / {c['f1']:.3f}  (n={c['support']})")
-        lines.append(
-            f"  confusion matrix (rows: human label, columns: predicted): {result['model']['confusion_matrix']}"
-        )
+        lines.append(f"  confusion matrix (rows: human label, columns: predicted): {served['confusion_matrix']}")
     log.info("\n%s", "\n".join(lines))
 
 
@@ -165,13 +171,18 @@ def main() -> None:
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
 
-    classifier = SentimentClassifier(ModelConfig.from_file(args.config)).load()
+    config = ModelConfig.from_file(args.config)
+    served = SentimentClassifier(config).load()
+    classifiers = {served.precision: served}
+    if served.precision != "fp32":  # the served precision must stay within 0.5 point of fp32
+        classifiers["fp32"] = SentimentClassifier(dataclasses.replace(config, precision="fp32")).load()
     test_sets = {RESERVED_SET: load_vader(RESERVED_SET), "drugs-test": load_drug_reviews("Test")}
-    results = {name: evaluate_set(name, examples, classifier, args.out) for name, examples in test_sets.items()}
+    results = {name: evaluate_set(name, examples, classifiers, args.out) for name, examples in test_sets.items()}
     report = {
         "config": str(args.config),
-        "weights": classifier.config.pre_trained_model.name,
-        "temperature": classifier.temperature,
+        "weights": config.pre_trained_model.name,
+        "temperature": served.temperature,
+        "served_precision": served.precision,
         "results": results,
     }
     (args.out / "eval.json").write_text(json.dumps(report, indent=2) + "\n")
