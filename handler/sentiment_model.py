@@ -10,6 +10,7 @@ from __future__ import annotations
 import importlib
 import json
 import logging
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -202,7 +203,10 @@ def with_precision(model, precision: str, device: str):
 
     if precision == "int8":
         # Dynamic quantization: Linear weights stored in int8, activations quantized per batch.
-        return torch.ao.quantization.quantize_dynamic(model, {torch.nn.Linear}, dtype=torch.qint8)
+        # torch 2.13 still ships it but warns that torchao replaces it; keep that out of the logs.
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", category=(DeprecationWarning, UserWarning))
+            return torch.ao.quantization.quantize_dynamic(model, {torch.nn.Linear}, dtype=torch.qint8)
     dtypes = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
     return model.to(device=device, dtype=dtypes[precision])
 

