@@ -7,6 +7,7 @@ the server scores texts exactly as they were scored offline.
 
 from __future__ import annotations
 
+import dataclasses
 import importlib
 import json
 import logging
@@ -53,9 +54,9 @@ class ModelConfig:
     class_names: tuple[str, ...]  # output order of the classifier head
     max_sequence_len: int  # tokens per text, [CLS] and [SEP] included; longer texts are truncated
     max_text_chars: int  # longer texts are rejected with 400 before tokenization
-    precision: str = "auto"  # one of PRECISIONS
-    padding: str = "longest"  # one of PADDINGS
-    threads: int = 0  # torch intra-op threads per worker; 0 leaves torch's default (every core)
+    precision: str  # one of PRECISIONS
+    padding: str  # one of PADDINGS
+    threads: int  # torch intra-op threads per worker; 0 leaves torch's default (every core)
 
     @classmethod
     def from_dict(cls, raw: dict[str, Any], base_dir: Path) -> ModelConfig:
@@ -130,12 +131,7 @@ class Prediction:
     truncated: bool
 
     def to_dict(self) -> dict[str, Any]:
-        return {
-            "sentiment": self.sentiment,
-            "confidence": self.confidence,
-            "probabilities": self.probabilities,
-            "truncated": self.truncated,
-        }
+        return dataclasses.asdict(self)
 
 
 def build_model(bert_dir: Path, class_names: tuple[str, ...]):
@@ -212,7 +208,7 @@ def with_precision(model, precision: str, device: str):
 
 
 class SentimentClassifier:
-    """Tokenizes a batch in one call, padded to its longest text, and runs one forward pass."""
+    """Tokenizes a batch in one call (padded to its longest text by default) and runs one forward pass."""
 
     def __init__(self, config: ModelConfig, device: str = "cpu"):
         self.config = config
@@ -250,7 +246,7 @@ class SentimentClassifier:
         return self
 
     def tokenize(self, texts: list[str]):
-        """Pad to the longest text of the batch, cut at MAX_SEQUENCE_LEN."""
+        """Pad as PADDING says (to the batch's longest text by default), cut at MAX_SEQUENCE_LEN."""
         return self.tokenizer(
             texts,
             padding=self.config.padding,
