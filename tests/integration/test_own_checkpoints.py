@@ -24,7 +24,9 @@ def test_own_checkpoint_serves_what_it_computes_in_process(tmp_path, layout):
     else:
         _, folder = save_hf_checkpoint(tmp_path / "hf", bert_dir)
         config = import_checkpoint(tmp_path / "model", hf_dir=folder)
-    expected = SentimentClassifier(ModelConfig.from_file(config)).load().predict(TEXTS)
+    classifier = SentimentClassifier(ModelConfig.from_file(config)).load()
+    # One text per call, like the sequential requests below: int8 scales activations per batch.
+    expected = [classifier.predict([text])[0] for text in TEXTS]
 
     server = local_server(tmp_path, build(config, tmp_path / "store").parent)
     server.start(timeout=180)

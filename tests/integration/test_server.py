@@ -15,7 +15,9 @@ ROOT = Path(__file__).resolve().parents[2]
 
 NEGATIVE = "This app is a total waste of time!"
 POSITIVE = "OMG. I love how easy it is to stick to my schedule. Would recommend to everyone!"
-JSON_HEADERS = {"Content-Type": "application/json"}
+# int8 dynamic quantization picks one activation scale per forward pass, so a text's probabilities
+# move slightly with the texts that share its batch (measured: up to ~0.006); fp32 stays within 1e-5.
+BATCH_TOLERANCE = 0.02
 
 # (body bytes, Content-Type, what the error must say)
 BAD_INPUTS = {
@@ -61,8 +63,10 @@ def test_served_default_model_answers_as_in_process(server):
     from sentiment_model import ModelConfig, SentimentClassifier
 
     texts = [NEGATIVE, POSITIVE, "The battery died after two days.", "It is a phone.", "Not bad at all, really."]
-    in_process = SentimentClassifier(ModelConfig.from_file(ROOT / "config.json")).load().predict(texts)
-    for text, expected in zip(texts, in_process):
+    classifier = SentimentClassifier(ModelConfig.from_file(ROOT / "config.json")).load()
+    # One at a time, as the server runs these sequential requests: batches of one on both sides.
+    for text in texts:
+        (expected,) = classifier.predict([text])
         body = predict(server, text.encode(), "text/plain").json()
         assert body["sentiment"] == expected.sentiment
         assert body["probabilities"] == pytest.approx(expected.probabilities, abs=1e-4)
@@ -118,7 +122,7 @@ def test_concurrent_burst_forms_batches_and_bad_requests_harm_no_neighbour(serve
             assert response.status_code == 200, response.text
             body = response.json()
             assert body["sentiment"] == alone[text]["sentiment"]
-            assert body["confidence"] == pytest.approx(alone[text]["confidence"], abs=1e-4)
+            assert body["confidence"] == pytest.approx(alone[text]["confidence"], abs=BATCH_TOLERANCE)
         else:
             assert response.status_code == 400, response.text
             assert re.search(message, response.json()["error"])
