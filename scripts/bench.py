@@ -9,7 +9,8 @@
 Prints throughput, idle single-request latency and worker memory, the ratios b/c and b/a, and
 writes reports/bench.json and reports/bench.md (the table the README shows). Each extra
 `--variant` is another TorchServe configuration measured the same way, e.g.
-`--variant fp32:PRECISION=fp32` or `--variant batch16:batchSize=16` or `--variant 2x1:minWorkers=2,THREADS=1`.
+`--variant fp32:PRECISION=fp32`, `--variant batch16:batchSize=16`, `--variant 2x1:minWorkers=2,THREADS=1`
+or any config.properties key, `--variant netty1:number_of_netty_threads=1`.
 """
 
 from __future__ import annotations
@@ -94,7 +95,9 @@ def measure_server(tmp: Path, name: str, changes: dict, sentences, seconds: floa
     folder = Path(tempfile.mkdtemp(dir=tmp))
     config, models = variant_files(folder, changes)
     store = build(config, folder / "store").parent
-    server = server_on_free_ports(folder / "run", store, models=json.dumps(models))
+    # Keys neither config.json nor the per-model settings know are TorchServe properties.
+    properties = {k: str(v) for k, v in changes.items() if k not in CONFIG_KEYS and k not in MODEL_SETTINGS}
+    server = server_on_free_ports(folder / "run", store, models=json.dumps(models), **properties)
     server.start(timeout=180)
     try:
         settings = models["sentiment"][ModelConfig.from_file(config).model_version]

@@ -17,6 +17,7 @@ import json
 import logging
 import os
 import re
+import shutil
 import subprocess
 import sys
 import time
@@ -72,6 +73,9 @@ class LocalServer:
     def render_properties(self) -> str:
         lines = self.properties.read_text().splitlines()
         overrides = {"model_store": str(self.model_store.resolve()), **self.overrides}
+        models = overrides.get("models") or parse_properties("\n".join(lines)).get("models")
+        if models:
+            overrides["models"] = with_default_workers(models, default_worker_count())
         rendered = []
         for line in lines:
             key = line.split("=", 1)[0].strip()
@@ -162,16 +166,17 @@ class LocalServer:
                     )
 
     def wait_until_ready(self, timeout: float) -> None:
-        """Until a worker is READY: /ping answers Healthy long before the model has loaded."""
+        """Until every worker is READY: /ping answers Healthy long before the model has loaded."""
         deadline = time.monotonic() + timeout
         last_error = "no answer yet"
         while time.monotonic() < deadline:
             if self.pid() is None:
                 raise ServerError(f"TorchServe exited during start-up\n{self.log_tail()}")
             try:
-                if any(w["status"] == "READY" for w in self.workers()):
+                workers = self.workers()
+                if workers and all(w["status"] == "READY" for w in workers):
                     return
-                last_error = "no worker READY yet"
+                last_error = f"{sum(w['status'] == 'READY' for w in workers)} of {len(workers)} workers READY"
             except (requests.RequestException, OSError, KeyError, ValueError) as error:
                 last_error = str(error)
             time.sleep(0.5)  # polling interval of the readiness check
@@ -234,6 +239,28 @@ class LocalServer:
         return "\n".join(chunks) or f"(no logs in {self.log_dir})"
 
 
+def default_worker_count() -> int:
+    """One worker per GPU where there are GPUs, else one per CPU core."""
+    gpus = (
+        subprocess.run(["nvidia-smi", "-L"], capture_output=True, text=True, check=False)
+        if shutil.which("nvidia-smi")
+        else None
+    )
+    if gpus is not None and gpus.returncode == 0 and gpus.stdout.strip():
+        return len(gpus.stdout.strip().splitlines())
+    return len(os.sched_getaffinity(0))
+
+
+def with_default_workers(models_json: str, workers: int) -> str:
+    """Fill in minWorkers/maxWorkers where config.properties leaves them to the machine."""
+    models = json.loads(models_json)
+    for versions in models.values():
+        for settings in versions.values():
+            settings.setdefault("minWorkers", workers)
+            settings.setdefault("maxWorkers", max(settings["minWorkers"], workers))
+    return json.dumps(models)
+
+
 def free_ports(count: int) -> list[int]:
     """Ports nothing listens on now (the OS picks them); for tests and benchmarks beside `make run`."""
     import socket
@@ -286,7 +313,7 @@ def main() -> None:
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     commands = parser.add_subparsers(dest="command", required=True)
-    start = commands.add_parser("start", help="start TorchServe and wait until a worker is READY")
+    start = commands.add_parser("start", help="start TorchServe and wait until its workers are READY")
     start.add_argument("--no-auth", action="store_true", help="turn token authorization off (local experiments)")
     start.add_argument("--timeout", type=float, default=180.0)
     commands.add_parser("stop", help="stop TorchServe and its workers")
@@ -304,8 +331,9 @@ def main() -> None:
             started = time.monotonic()
             server.start(args.timeout)
             log.info(
-                "TorchServe is serving %r: a worker is READY after %.1f s",
+                "TorchServe is serving %r: %d workers READY after %.1f s",
                 server.model_name,
+                len(server.workers()),
                 time.monotonic() - started,
             )
             log.info("inference:  %s/predictions/%s", server.url("inference"), server.model_name)

@@ -42,3 +42,17 @@ def test_run_folder_copy_applies_overrides_and_model_store(tmp_path):
     assert rendered["model_store"] == str((tmp_path / "store").resolve())
     assert rendered["new_key"] == "x"
     assert rendered["management_address"] == PROPERTIES["management_address"]
+
+
+def test_workers_default_to_one_per_core_unless_set():
+    from server import with_default_workers
+
+    models = json.loads(with_default_workers(PROPERTIES["models"], workers=3))
+    version = ModelConfig.from_file(ROOT / "config.json").model_version
+    assert models["sentiment"][version]["minWorkers"] == 3
+    pinned = json.dumps({"sentiment": {"1.0": {"minWorkers": 1, "maxWorkers": 1}}})
+    assert json.loads(with_default_workers(pinned, workers=3))["sentiment"]["1.0"]["minWorkers"] == 1
+
+
+def test_one_thread_per_worker_so_workers_do_not_oversubscribe_the_cores():
+    assert ModelConfig.from_file(ROOT / "config.json").threads == 1

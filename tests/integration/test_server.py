@@ -134,11 +134,14 @@ def test_concurrent_burst_forms_batches_and_bad_requests_harm_no_neighbour(serve
 
 
 def test_scaling_to_two_workers_and_back(server):
-    workers = server.scale(2)
-    assert [w["status"] for w in workers] == ["READY", "READY"]
-    assert predict(server, b"good", "text/plain").status_code == 200
-    workers = server.scale(1)
-    assert len(workers) == 1
+    default = len(server.workers())
+    try:
+        for count in (1, 2, 1):
+            workers = server.scale(count)
+            assert [w["status"] for w in workers] == ["READY"] * count
+            assert predict(server, b"good", "text/plain").status_code == 200
+    finally:
+        server.scale(default)
 
 
 def test_model_control_api_is_off(server):
