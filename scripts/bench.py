@@ -66,7 +66,8 @@ def ceiling(sentences: list[str], batch_sizes=(8, 16, 32, 64)) -> Row:
 
     # The whole machine for one process: torch's default threads (every core), not the server's THREADS.
     config = dataclasses.replace(ModelConfig.from_file(ROOT / "config.json"), threads=0)
-    classifier = SentimentClassifier(config).load()
+    device = "cuda:0" if torch.cuda.is_available() else "cpu"  # where a worker with gpu_id 0 runs
+    classifier = SentimentClassifier(config, device).load()
     classifier.predict(sentences[:32])  # warm-up
     best, best_batch = 0.0, 0
     for batch in batch_sizes:
@@ -77,7 +78,7 @@ def ceiling(sentences: list[str], batch_sizes=(8, 16, 32, 64)) -> Row:
         log.info("in-process, batch %d: %.1f texts/s", batch, rate)
         if rate > best:
             best, best_batch = rate, batch
-    settings = f"batch {best_batch}, {classifier.precision}, {torch.get_num_threads()} threads"
+    settings = f"batch {best_batch}, {classifier.precision}, {device}, {torch.get_num_threads()} threads"
     return Row("(a) in-process ceiling", settings, round(best, 1), None, None)
 
 
