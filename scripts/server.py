@@ -231,7 +231,7 @@ class LocalServer:
 
     def log_tail(self, lines: int = LOG_TAIL_LINES) -> str:
         chunks = []
-        for name in ("ts_log.log", "console.log"):
+        for name in ("model_log.log", "ts_log.log", "console.log"):
             path = self.log_dir / name
             if path.exists():
                 tail = path.read_text(errors="replace").splitlines()[-lines:]
