@@ -62,7 +62,8 @@ class LocalServer:
         return self.run_dir / "key_file.json"
 
     def settings(self) -> dict[str, str]:
-        """The effective config.properties: the project's file plus the overrides."""
+        """The settings in force: the run folder's copy once `start` wrote it, else the project's
+        config.properties with the overrides applied."""
         text = (
             (self.run_dir / "config.properties").read_text()
             if (self.run_dir / "config.properties").exists()
