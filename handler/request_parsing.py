@@ -29,7 +29,8 @@ def extract_text(row: Any, content_type: str | None, max_chars: int) -> str:
     if payload is None and content_type and content_type.startswith("application/x-www-form-urlencoded"):
         # TorchServe turns form bodies into parameters; `curl -d` without -H sends one.
         raise InvalidRequest(f"form-encoded bodies are not supported: {EXAMPLE}")
-    if payload is None or len(payload) == 0:
+    # Only text and bytes can be empty: a parsed JSON body may be a number or a bool.
+    if payload is None or (isinstance(payload, (str, bytes, bytearray)) and not payload):
         raise InvalidRequest(f"request body is empty: {EXAMPLE}")
     if isinstance(payload, (bytes, bytearray)):
         payload = _decode_utf8(bytes(payload))

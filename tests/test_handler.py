@@ -55,6 +55,8 @@ BAD = {
     "form-encoded": (({}, "application/x-www-form-urlencoded"), "form-encoded bodies are not supported"),
     "invalid JSON": (({"body": bytearray(b'{"text": ')}, JSON_TYPE), "not valid JSON"),
     "JSON array": (({"body": ["good"]}, JSON_TYPE), "must be an object, got an array"),
+    "JSON number": (({"body": 5}, JSON_TYPE), "must be an object, got a number"),
+    "empty JSON object": (({"body": {}}, JSON_TYPE), 'no "text" field'),
     "JSON string": (({"body": "good"}, JSON_TYPE), "must be an object, got a string"),
     "JSON null": (({"body": bytearray(b"null")}, "application/json; charset=utf-8"), "got null"),
     "no text field": (({"body": {"review": "good"}}, JSON_TYPE), 'no "text" field'),

@@ -24,6 +24,7 @@ BAD_INPUTS = {
     "empty body": (b"", "application/json", "request body is empty"),
     "invalid JSON": (b'{"text": "unterminated', "application/json", "not valid JSON"),
     "JSON not an object": (b'["good"]', "application/json", "must be an object, got an array"),
+    "JSON number": (b"5", "application/json", "must be an object, got a number"),
     "no text": (b'{"review": "good"}', "application/json", 'no "text" field'),
     "text not a string": (b'{"text": 42}', "application/json", '"text" must be a string, got a number'),
     "empty text": (b'{"text": ""}', "application/json", "empty or whitespace"),
