@@ -1,0 +1,43 @@
+"""The VADER loader on a miniature copy of the vaderSentiment sdist's layout."""
+
+from __future__ import annotations
+
+import io
+import math
+import tarfile
+
+import pytest
+
+import datasets
+
+
+def _add(archive: tarfile.TarFile, name: str, payload: bytes) -> None:
+    info = tarfile.TarInfo(name)
+    info.size = len(payload)
+    archive.addfile(info, io.BytesIO(payload))
+
+
+@pytest.fixture
+def vader_sdist(tmp_path, monkeypatch):
+    ground_truth = "1\t-0.6\tmeh, it broke\n2\t2.5\tlove it\n3\t0.1\t\n"
+    ratings = "1\t-0.6\t0.8\t[-1, 0, -1, 0, -1, -1, -1, -1, 0, -2, 1, 1, -1, -1, -1, 0]\n2\t2.5\t0.5\t[2, 3, 2, 3]\n"
+    inner = io.BytesIO()
+    with tarfile.open(fileobj=inner, mode="w:gz") as ground:
+        _add(ground, "hutto_ICWSM_2014/tweets_GroundTruth.txt", ground_truth.encode())
+        _add(ground, "hutto_ICWSM_2014/tweets_anonDataRatings.txt", ratings.encode())
+    with tarfile.open(tmp_path / datasets.VADER_SDIST, "w:gz") as sdist:
+        _add(sdist, "vaderSentiment-3.3.2/additional_resources/hutto_ICWSM_2014.tar.gz", inner.getvalue())
+    monkeypatch.setattr(datasets, "DATA_DIR", tmp_path)
+
+
+def test_vader_sentences_carry_their_band_and_the_standard_error_of_their_mean(vader_sdist):
+    examples = datasets.load_vader("tweets")
+
+    assert [(e.text, e.label, e.score) for e in examples] == [("meh, it broke", 0, -0.6), ("love it", 2, 2.5)]
+    assert examples[0].score_error == pytest.approx(0.8 / math.sqrt(16))  # 16 individual ratings
+    assert examples[1].score_error == pytest.approx(0.5 / 2)
+
+
+def test_unknown_training_sources_are_refused_by_name():
+    with pytest.raises(ValueError, match="amazonReviewSnippets"):
+        datasets.load_training_corpus(("tweets", "amazonReviewSnippets"))
