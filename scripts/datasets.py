@@ -75,12 +75,18 @@ def _vader_archive() -> tarfile.TarFile:
     return tarfile.open(path)
 
 
-def _read_vader_member(name: str) -> str:
+def _read_vader_members(*names: str) -> list[str]:
+    """The named files of the ground-truth archive nested in the sdist, opened once."""
     with _vader_archive() as sdist:
         inner = sdist.extractfile(next(m for m in sdist.getmembers() if m.name.endswith("hutto_ICWSM_2014.tar.gz")))
         with tarfile.open(fileobj=inner) as ground_truth:
-            member = next(m for m in ground_truth.getmembers() if m.name.endswith(name))
-            return ground_truth.extractfile(member).read().decode("utf-8", errors="replace")
+            members = ground_truth.getmembers()
+            return [
+                ground_truth.extractfile(next(m for m in members if m.name.endswith(name)))
+                .read()
+                .decode("utf-8", errors="replace")
+                for name in names
+            ]
 
 
 def load_vader(name: str) -> list[Example]:
@@ -89,14 +95,15 @@ def load_vader(name: str) -> list[Example]:
     The standard error of each mean comes from the companion file of individual ratings
     (id, mean, standard deviation, [ratings]).
     """
+    ratings, ground_truth = _read_vader_members(f"{name}_anonDataRatings.txt", f"{name}_GroundTruth.txt")
     errors = {}
-    for line in _read_vader_member(f"{name}_anonDataRatings.txt").splitlines():
+    for line in ratings.splitlines():
         parts = line.split("\t")
         if len(parts) == 4:
             n_ratings = parts[3].count(",") + 1
             errors[parts[0]] = float(parts[2]) / math.sqrt(n_ratings)
     examples = []
-    for line in _read_vader_member(f"{name}_GroundTruth.txt").splitlines():
+    for line in ground_truth.splitlines():
         parts = line.split("\t", 2)
         if len(parts) != 3 or not parts[2].strip():
             continue
