@@ -183,3 +183,10 @@ def test_threads_setting_is_applied(tmp_path, tiny_bert_dir):
         assert torch.get_num_threads() == 1
     finally:
         torch.set_num_threads(before)
+
+
+def test_the_tiny_tokenizer_knows_its_words(classifier):
+    # Unit tests that tell texts apart are only as good as a tokenizer that does.
+    ids = classifier.tokenizer("good bad movie")["input_ids"]
+    assert classifier.tokenizer.unk_token_id not in ids
+    assert len(set(ids)) == 5
