@@ -138,6 +138,7 @@ def write_model_folder(model, tokenizer_dir: Path, output: Path, max_sequence_le
         "MAX_TEXT_CHARS": 5000,
         "PRECISION": "auto",
         "PADDING": "longest",
+        "POOLING": "pooler",  # both layouts read [CLS] through BERT's pooler
         "THREADS": 0,
     }
     (output / "config.json").write_text(json.dumps(config, indent=2) + "\n")

@@ -86,6 +86,7 @@ def test_temperature_from_the_weights_metadata_softens_probabilities(tmp_path, t
         ({"BATCH": 3}, "unknown: ['BATCH']"),
         ({"PRECISION": "int4"}, "PRECISION must be one of"),
         ({"PADDING": "shortest"}, "PADDING must be one of"),
+        ({"POOLING": "max"}, "POOLING must be one of"),
         ({"THREADS": -1}, "THREADS must be 0"),
     ],
 )
@@ -165,7 +166,9 @@ def test_max_length_padding_pads_every_text_like_the_tutorial(tmp_path, tiny_ber
 def test_int8_precision_quantizes_linear_layers_and_stays_close_to_fp32(tmp_path, tiny_bert_dir, classifier):
     quantized = load(write_model_dir(tmp_path / "m", tiny_bert_dir, PRECISION="int8"))
     assert quantized.precision == "int8"
-    assert any(type(m).__module__.startswith("torch.ao.nn.quantized.dynamic") for m in quantized.model.modules())
+    linears = [m for m in quantized.model.modules() if type(m).__module__.startswith("torch.ao.nn.quantized.dynamic")]
+    assert linears
+    assert all(m.weight().qscheme() == torch.per_channel_affine for m in linears)  # one scale per output row
     texts = ["good movie", "awful waste of time", "love the app"]
     for fp32, int8 in zip(classifier.predict(texts), quantized.predict(texts)):
         for name in CLASS_NAMES:
@@ -183,6 +186,17 @@ def test_threads_setting_is_applied(tmp_path, tiny_bert_dir):
         assert torch.get_num_threads() == 1
     finally:
         torch.set_num_threads(before)
+
+
+def test_mean_pooling_ignores_padding_and_differs_from_the_pooler(tmp_path, tiny_bert_dir, classifier):
+    mean = load(write_model_dir(tmp_path / "m", tiny_bert_dir, POOLING="mean"))
+    assert type(mean.model).__name__ == "MeanPoolingBertForSequenceClassification"
+    assert "bert.pooler.dense.weight" not in mean.model.state_dict()
+    (alone,) = mean.predict(["good"])
+    in_batch = mean.predict(["good", "a much longer and padded review of a bad phone"])[0]
+    assert in_batch.probabilities == pytest.approx(alone.probabilities, abs=1e-5)
+    (pooled,) = classifier.predict(["good"])
+    assert pooled.probabilities != pytest.approx(alone.probabilities, abs=1e-3)
 
 
 def test_the_tiny_tokenizer_knows_its_words(classifier):

@@ -5,12 +5,13 @@ from __future__ import annotations
 import json
 
 import pytest
+import torch
 from safetensors import safe_open
 from tiny_models import write_model_dir
 
 from datasets import Example
 from sentiment_model import ModelConfig, SentimentClassifier
-from train import TrainingRecipe, rating_band_probabilities, target_distribution, train
+from train import TrainingRecipe, fit_linear_probe, rating_band_probabilities, target_distribution, train
 
 TOY = [("good great love", 2), ("bad awful hate", 0), ("movie phone app", 1)]
 
@@ -61,3 +62,35 @@ def test_targets_are_soft_for_rated_sentences_and_smoothed_otherwise():
     assert target_distribution(unrated, recipe) == pytest.approx([0.1 / 3 + 0.9, 0.1 / 3, 0.1 / 3])
     hard = TrainingRecipe(soft_labels=False, label_smoothing=0.0)
     assert target_distribution(rated, hard) == [1.0, 0.0, 0.0]
+
+
+def test_linear_probe_fits_a_head_to_separable_features():
+    torch.manual_seed(0)
+    centres = torch.randn(3, 16) * 3
+    labels = torch.arange(3).repeat(50)
+    features = centres[labels] + torch.randn(150, 16)
+    head = torch.nn.Linear(16, 3)
+    before = torch.nn.functional.cross_entropy(head(features), labels).item()
+
+    after = fit_linear_probe(head, features, torch.nn.functional.one_hot(labels, 3).float())
+
+    assert after < 0.1 < before
+    assert (head(features).argmax(-1) == labels).all()
+
+
+def test_training_with_a_linear_probe_head_and_mean_pooling(tmp_path, tiny_bert_dir):
+    model_dir = write_model_dir(tmp_path / "m", tiny_bert_dir, POOLING="mean")
+    config = ModelConfig.from_file(model_dir / "config.json")
+    corpus = [Example(text, label, "toy") for text, label in TOY * 20]
+    recipe = TrainingRecipe(
+        linear_probe_head=True, epochs=2, batch_size=8, learning_rate=1e-3, validation_fraction=0.25
+    )
+
+    report = train(recipe, config, model_dir / "head.safetensors", corpus=corpus)
+
+    assert report["recipe"]["linear_probe_head"] is True
+    assert set(report["linear_probe"]) >= {"accuracy", "macro_f1", "nll"}
+    assert report["history"][-1]["accuracy"] == 1.0
+    classifier = SentimentClassifier(config).load()
+    assert type(classifier.model).__name__ == "MeanPoolingBertForSequenceClassification"
+    assert classifier.predict(["good great love"])[0].sentiment == "positive"

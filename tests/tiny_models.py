@@ -64,6 +64,7 @@ def write_model_dir(path: Path, bert_dir: Path, **overrides) -> Path:
         "MAX_TEXT_CHARS": 200,
         "PRECISION": "fp32",
         "PADDING": "longest",
+        "POOLING": "pooler",
         "THREADS": 0,
         **overrides,
     }
