@@ -37,7 +37,7 @@ $(VADER): | $(STAMP)
 
 data: $(VADER) ## fetch the VADER ground-truth sets (vaderSentiment source distribution)
 
-model: $(STAMP) $(VADER) ## fine-tune the default model (about 25 minutes on 2 cores)
+model: $(STAMP) $(VADER) ## fine-tune the default model (about 32 minutes on 2 cores)
 	$(PY) scripts/train.py
 
 eval: $(STAMP) $(VADER) ## score the served model and the VADER lexicon on the reserved test set
