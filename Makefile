@@ -45,9 +45,9 @@ $(SENTENCES): | $(STAMP)
 	sys.exit(f"{sys.argv[1]}: unexpected sha256") if hashlib.sha256(body).hexdigest() != sys.argv[2] else open(sys.argv[3], "wb").write(body)' \
 	  $(SENTENCES_URL) $(SENTENCES_SHA256) $@
 
-data: $(VADER) $(SENTENCES) ## fetch the training and test sets that pip does not install (VADER ground truth, npm `sentiment`)
+data: $(VADER) $(SENTENCES) ## fetch the data sets pip does not install: VADER ground truth, npm `sentiment`'s labelled sentences
 
-model: $(STAMP) $(VADER) $(SENTENCES) ## fine-tune the default model (about 32 minutes on 2 cores)
+model: $(STAMP) $(VADER) ## fine-tune the default model (about 32 minutes on 2 cores)
 	$(PY) scripts/train.py
 
 eval: $(STAMP) $(VADER) ## score the served model and the VADER lexicon on the reserved test set

