@@ -47,7 +47,7 @@ $(SENTENCES): | $(STAMP)
 
 data: $(VADER) $(SENTENCES) ## fetch the data sets pip does not install: VADER ground truth, npm `sentiment`'s labelled sentences
 
-model: $(STAMP) $(VADER) ## fine-tune the default model (about 32 minutes on 2 cores)
+model: $(STAMP) $(VADER) ## fine-tune the default model (about 30 minutes on 2 cores)
 	$(PY) scripts/train.py
 
 eval: $(STAMP) $(VADER) ## score the served model and the VADER lexicon on the reserved test set
