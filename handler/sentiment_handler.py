@@ -1,7 +1,7 @@
 """TorchServe handler: a thin adapter between TorchServe's batches and `SentimentClassifier`.
 
-TorchServe accepts exactly one class in this module; everything else lives in the modules the
-archive ships beside it (`sentiment_model.py`, `request_parsing.py`).
+TorchServe accepts exactly one class in this module; everything else lives in the package
+`sentiment.serving`, which the archive ships beside it (and which the worker imports from there).
 """
 
 from __future__ import annotations
@@ -10,8 +10,10 @@ import json
 import logging
 from pathlib import Path
 
-from request_parsing import InvalidRequest, extract_text
-from sentiment_model import ModelConfig, Prediction, SentimentClassifier
+import sentiment.serving
+from sentiment.serving.classifier import Prediction, SentimentClassifier, choose_device
+from sentiment.serving.config import ModelConfig
+from sentiment.serving.request_parsing import InvalidRequest, extract_text
 
 log = logging.getLogger(__name__)
 
@@ -31,8 +33,9 @@ class SentimentHandler:
         transformers_logging.set_verbosity_error()
         properties = context.system_properties
         config = ModelConfig.from_file(Path(properties["model_dir"]) / "config.json")
-        gpu_id = properties.get("gpu_id")
-        device = f"cuda:{gpu_id}" if gpu_id is not None and torch.cuda.is_available() else "cpu"
+        device = choose_device(properties.get("gpu_id"), torch.cuda.is_available())
+        # Which copy of the serving code runs: the archive's own, not one that happens to be installed.
+        log.info("serving code from %s", Path(sentiment.serving.__file__).parent)
         self.classifier = SentimentClassifier(config, device).load()
         self.initialized = True
 

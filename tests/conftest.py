@@ -6,7 +6,10 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from tiny_models import save_tiny_bert, write_model_dir
+
+from sentiment.serving.classifier import SentimentClassifier
+from sentiment.serving.config import ModelConfig
+from tests.tiny_models import save_tiny_bert, write_model_dir
 
 
 @pytest.fixture(scope="session")
@@ -21,6 +24,4 @@ def model_dir(tmp_path, tiny_bert_dir) -> Path:
 
 @pytest.fixture()
 def classifier(model_dir):
-    from sentiment_model import ModelConfig, SentimentClassifier
-
     return SentimentClassifier(ModelConfig.from_file(model_dir / "config.json")).load()

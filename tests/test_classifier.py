@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import json
+import re
 
 import pytest
 import torch
 from safetensors.torch import save_file
-from tiny_models import CLASS_NAMES, write_model_dir
 
-from sentiment_model import ConfigError, ModelConfig, SentimentClassifier
+from sentiment.serving.classifier import SentimentClassifier, weights_metadata
+from sentiment.serving.config import ConfigError, ModelConfig
+from tests.tiny_models import CLASS_NAMES, write_model_dir
 
 
 def load(model_dir):
@@ -53,7 +55,7 @@ def test_a_batch_of_n_equals_n_singles(classifier):
         " ".join(["great"] * 30),
     ]
     batched = classifier.predict(texts)
-    for text, together in zip(texts, batched):
+    for text, together in zip(texts, batched, strict=True):
         (alone,) = classifier.predict([text])
         assert alone.sentiment == together.sentiment
         for name in CLASS_NAMES:
@@ -78,22 +80,39 @@ def test_temperature_from_the_weights_metadata_softens_probabilities(tmp_path, t
 @pytest.mark.parametrize(
     ("change", "message"),
     [
-        ({"MAX_SEQUENCE_LEN": "128"}, "MAX_SEQUENCE_LEN must be a int"),
-        ({"MAX_SEQUENCE_LEN": True}, "MAX_SEQUENCE_LEN must be a int"),
-        ({"MAX_SEQUENCE_LEN": 4}, "within 8..4096"),
+        ({"MAX_SEQUENCE_LEN": "128"}, "MAX_SEQUENCE_LEN must be an integer, got '128'"),
+        ({"MAX_SEQUENCE_LEN": True}, "MAX_SEQUENCE_LEN must be an integer, got True"),
+        ({"MAX_SEQUENCE_LEN": 4}, "MAX_SEQUENCE_LEN must be within 8..4096, got 4"),
+        ({"MODEL_VERSION": 1}, "MODEL_VERSION must be a string, got 1"),
         ({"CLASS_NAMES": ["positive"]}, "at least two distinct"),
-        ({"MAX_TEXT_CHARS": 0}, "MAX_TEXT_CHARS must be positive"),
+        ({"CLASS_NAMES": ["positive", 3]}, "CLASS_NAMES must be a list of non-empty strings"),
+        ({"MAX_TEXT_CHARS": 0}, "MAX_TEXT_CHARS must be at least 1, got 0"),
         ({"BATCH": 3}, "unknown: ['BATCH']"),
-        ({"PRECISION": "int4"}, "PRECISION must be one of"),
+        ({"PRECISION": "int4"}, "PRECISION must be one of ['auto', 'fp32', 'int8', 'fp16', 'bf16'], got 'int4'"),
         ({"PADDING": "shortest"}, "PADDING must be one of"),
         ({"POOLING": "max"}, "POOLING must be one of"),
-        ({"THREADS": -1}, "THREADS must be 0"),
+        ({"THREADS": -1}, "THREADS must be at least 0, got -1"),
     ],
 )
 def test_config_errors_name_the_key(model_dir, change, message):
     raw = json.loads((model_dir / "config.json").read_text())
-    with pytest.raises(ConfigError, match=message.replace("[", r"\[").replace("]", r"\]")):
+    with pytest.raises(ConfigError, match=re.escape(message)):
         ModelConfig.from_dict({**raw, **change}, model_dir)
+
+
+def test_the_shipped_defaults_are_the_default_config_json():
+    import json as json_module
+    from pathlib import Path
+
+    shipped = json_module.loads((Path(__file__).resolve().parents[1] / "config.json").read_text())
+    assert shipped == ModelConfig().to_dict()
+
+
+def test_a_written_config_loads_back_equal(tmp_path, model_dir):
+    config = ModelConfig.from_file(model_dir / "config.json")
+    copy_dir = tmp_path / "copy"
+    copy_dir.mkdir()
+    assert ModelConfig.from_file(config.write(copy_dir / "config.json")) == config
 
 
 def test_config_missing_key_is_named(model_dir):
@@ -105,7 +124,7 @@ def test_config_missing_key_is_named(model_dir):
 
 def test_relative_paths_are_read_from_the_config_folder(model_dir):
     config = ModelConfig.from_file(model_dir / "config.json")
-    assert config.pre_trained_model == model_dir / "head.safetensors"
+    assert config.pre_trained_model == str(model_dir / "head.safetensors")
 
 
 def test_max_sequence_len_beyond_the_position_limit_is_refused_at_load(tmp_path, tiny_bert_dir):
@@ -121,6 +140,18 @@ def test_weights_for_another_class_count_are_refused(tmp_path, tiny_bert_dir):
         str(model_dir / "head.safetensors"),
     )
     with pytest.raises(ConfigError, match=r"tensor classifier.bias has shape \(2,\), the model expects \(3,\)"):
+        load(model_dir)
+
+
+def test_weights_trained_for_another_class_order_are_refused(tmp_path, tiny_bert_dir):
+    model_dir = write_model_dir(tmp_path / "m", tiny_bert_dir)
+    reordered = ("positive", "neutral", "negative")
+    save_file(
+        {"classifier.weight": torch.randn(3, 32), "classifier.bias": torch.randn(3)},
+        str(model_dir / "head.safetensors"),
+        metadata=weights_metadata(reordered, 1.0),
+    )
+    with pytest.raises(ConfigError, match=r"trained for classes \['positive', 'neutral', 'negative'\]"):
         load(model_dir)
 
 
@@ -170,7 +201,7 @@ def test_int8_precision_quantizes_linear_layers_and_stays_close_to_fp32(tmp_path
     assert linears
     assert all(m.weight().qscheme() == torch.per_channel_affine for m in linears)  # one scale per output row
     texts = ["good movie", "awful waste of time", "love the app"]
-    for fp32, int8 in zip(classifier.predict(texts), quantized.predict(texts)):
+    for fp32, int8 in zip(classifier.predict(texts), quantized.predict(texts), strict=True):
         for name in CLASS_NAMES:
             assert int8.probabilities[name] == pytest.approx(fp32.probabilities[name], abs=0.05)
 
@@ -179,11 +210,13 @@ def test_auto_precision_is_int8_on_cpu(tmp_path, tiny_bert_dir):
     assert load(write_model_dir(tmp_path / "m", tiny_bert_dir, PRECISION="auto")).precision == "int8"
 
 
-def test_threads_setting_is_applied(tmp_path, tiny_bert_dir):
+@pytest.mark.parametrize("threads", [1, 3])
+def test_threads_setting_is_applied(tmp_path, tiny_bert_dir, threads):
     before = torch.get_num_threads()
     try:
-        load(write_model_dir(tmp_path / "m", tiny_bert_dir, THREADS=1))
-        assert torch.get_num_threads() == 1
+        torch.set_num_threads(2)  # neither value under test, whatever torch's default is here
+        load(write_model_dir(tmp_path / "m", tiny_bert_dir, THREADS=threads))
+        assert torch.get_num_threads() == threads
     finally:
         torch.set_num_threads(before)
 

@@ -2,13 +2,28 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import re
+from pathlib import Path
 
 import pytest
 from ts.context import Context, RequestProcessor
 
-from sentiment_handler import SentimentHandler
+from sentiment.serving.classifier import choose_device
+
+HANDLER_FILE = Path(__file__).resolve().parents[1] / "handler" / "sentiment_handler.py"
+
+
+def load_handler_class():
+    """The handler module loaded from its file, as TorchServe loads it from the model folder."""
+    spec = importlib.util.spec_from_file_location("sentiment_handler", HANDLER_FILE)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.SentimentHandler
+
+
+SentimentHandler = load_handler_class()
 
 JSON_TYPE = "application/json"
 TEXT_TYPE = "text/plain"
@@ -88,9 +103,11 @@ def test_bad_input_gets_400_with_a_json_error_naming_the_problem(handler, model_
 
 def test_bad_requests_do_not_harm_their_neighbours_in_the_batch(handler, model_dir):
     bad = [request for request, _ in BAD.values()]
-    mixed = [x for pair in zip(GOOD * 3, bad) for x in pair]
+    good = [GOOD[i % len(GOOD)] for i in range(len(bad))]  # every bad case, each beside a good one
+    mixed = [x for pair in zip(good, bad, strict=True) for x in pair]
     results = run(handler, model_dir, mixed)
     alone = run(handler, model_dir, GOOD)
+    assert len(results) == 2 * len(BAD)
     for i, (status, body, _) in enumerate(results):
         if i % 2:
             assert status == 400 and "error" in body
@@ -107,10 +124,15 @@ def test_a_batch_of_only_bad_requests_answers_each(handler, model_dir):
 
 
 def test_initialize_reads_config_from_the_model_directory(tmp_path, tiny_bert_dir):
-    from tiny_models import write_model_dir
+    from tests.tiny_models import write_model_dir
 
     model_dir = write_model_dir(tmp_path / "m", tiny_bert_dir, MAX_TEXT_CHARS=5)
     handler = SentimentHandler()
     handler.initialize(make_context(model_dir, []))
     assert handler.classifier.config.max_text_chars == 5
-    assert handler.classifier.device == "cpu"
+
+
+def test_a_worker_runs_on_its_assigned_gpu_and_on_the_cpu_without_one():
+    assert choose_device(1, cuda_available=True) == "cuda:1"
+    assert choose_device(1, cuda_available=False) == "cpu"
+    assert choose_device(None, cuda_available=True) == "cpu"

@@ -6,10 +6,11 @@ import json
 
 import pytest
 import torch
-from import_checkpoint import CheckpointError, import_checkpoint
-from tiny_models import CLASS_NAMES, TutorialClassifier, save_hf_checkpoint, save_tutorial_checkpoint
 
-from sentiment_model import ModelConfig, SentimentClassifier
+from sentiment.serving.classifier import SentimentClassifier
+from sentiment.serving.config import ModelConfig
+from sentiment.training.import_checkpoint import CheckpointError, import_checkpoint
+from tests.tiny_models import CLASS_NAMES, TutorialClassifier, save_hf_checkpoint, save_tutorial_checkpoint
 
 TEXTS = ["good movie", "awful waste of time", "love the app , easy schedule !"]
 
@@ -98,3 +99,16 @@ def test_pickled_code_in_a_checkpoint_is_refused(tmp_path, tiny_bert_dir):
     torch.save({"out.weight": torch.zeros(3, 32), "payload": TutorialClassifier}, path)
     with pytest.raises(Exception, match=r"Weights only load failed|Unsupported global"):
         import_checkpoint(tmp_path / "out", bert_dir=tiny_bert_dir, state_dict=path)
+
+
+def test_imported_config_keeps_the_defaults_it_does_not_set(tmp_path, hf_checkpoint):
+    _, folder = hf_checkpoint
+    config = ModelConfig.from_file(import_checkpoint(tmp_path / "out", hf_dir=folder, max_sequence_len=32))
+    assert config.max_sequence_len == 32 and config.pooling == "pooler"
+    assert config.threads == ModelConfig().threads == 1  # one thread per worker, as for the default model
+
+
+def test_a_token_limit_beyond_the_position_limit_is_refused_not_clamped(tmp_path, hf_checkpoint):
+    _, folder = hf_checkpoint
+    with pytest.raises(CheckpointError, match="--max-sequence-len 512 exceeds the model's position limit of 64"):
+        import_checkpoint(tmp_path / "out", hf_dir=folder, max_sequence_len=512)

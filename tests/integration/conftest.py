@@ -2,32 +2,39 @@
 
 from __future__ import annotations
 
+import os
+import shutil
 from pathlib import Path
 
 import pytest
 
-from build_archive import build
-from server import LocalServer, server_on_free_ports
-
-ROOT = Path(__file__).resolve().parents[2]
-
-
-def local_server(tmp: Path, model_store: Path, **overrides) -> LocalServer:
-    return server_on_free_ports(tmp / "run", model_store, **overrides)
+from sentiment.ops.archive import build
+from sentiment.ops.local_server import LocalServer
+from sentiment.project import DEFAULT_CONFIG
 
 
 @pytest.fixture(scope="session")
 def default_archive(tmp_path_factory) -> Path:
-    """The default model's archive, built the way `make archive` builds it."""
+    """A model store with the default model's archive, built the way `make archive` builds it."""
     store = tmp_path_factory.mktemp("model_store")
-    build(ROOT / "config.json", store)
+    build(DEFAULT_CONFIG, store)
     return store
+
+
+def path_without_java() -> str:
+    """PATH without any folder that holds a `java`: the machine has no Java but the pinned wheel's."""
+    folders = os.environ.get("PATH", "").split(os.pathsep)
+    return os.pathsep.join(f for f in folders if not shutil.which("java", path=f))
 
 
 @pytest.fixture(scope="session")
 def server(tmp_path_factory, default_archive):
-    server = local_server(tmp_path_factory.mktemp("torchserve"), default_archive)
-    server.start(timeout=180)
+    server = LocalServer.on_free_ports(tmp_path_factory.mktemp("torchserve") / "run", default_archive)
+    with pytest.MonkeyPatch.context() as env:
+        env.setenv("PATH", path_without_java())
+        env.delenv("JAVA_HOME", raising=False)
+        assert shutil.which("java") is None
+        server.start(timeout=180)
     yield server
     processes = server.processes()
     server.stop()

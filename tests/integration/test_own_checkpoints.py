@@ -4,19 +4,20 @@ from __future__ import annotations
 
 import pytest
 import requests
-from conftest import local_server
-from import_checkpoint import import_checkpoint
-from tiny_models import save_hf_checkpoint, save_tiny_bert, save_tutorial_checkpoint
 
-from build_archive import build
-from sentiment_model import ModelConfig, SentimentClassifier
+from sentiment.ops.archive import build
+from sentiment.ops.local_server import LocalServer
+from sentiment.serving.classifier import SentimentClassifier
+from sentiment.serving.config import ModelConfig
+from sentiment.training.import_checkpoint import import_checkpoint
+from tests.tiny_models import save_hf_checkpoint, save_tiny_bert, save_tutorial_checkpoint
 
 pytestmark = pytest.mark.integration
 TEXTS = ["good movie", "awful waste of time", "love the app , easy schedule !"]
 
 
 @pytest.mark.parametrize("layout", ["tutorial", "hf"])
-def test_own_checkpoint_serves_what_it_computes_in_process(tmp_path, layout):
+def test_own_checkpoint_serves_beside_the_default_under_its_own_name(tmp_path, default_archive, layout):
     bert_dir = save_tiny_bert(tmp_path / "bert")
     if layout == "tutorial":
         _, state_dict = save_tutorial_checkpoint(tmp_path / "state.bin", bert_dir)
@@ -28,12 +29,23 @@ def test_own_checkpoint_serves_what_it_computes_in_process(tmp_path, layout):
     # One text per call, like the sequential requests below: int8 scales activations per batch.
     expected = [classifier.predict([text])[0] for text in TEXTS]
 
-    server = local_server(tmp_path, build(config, tmp_path / "store").parent)
+    store = tmp_path / "store"
+    archive = build(config, store)  # named after the model's folder, not `sentiment`
+    assert archive.name == "model.mar"
+    (store / "sentiment.mar").symlink_to(default_archive / "sentiment.mar")
+    server = LocalServer.on_free_ports(tmp_path / "run", store, models=("sentiment", "model"))
     server.start(timeout=180)
     try:
-        for text, prediction in zip(TEXTS, expected):
+        default = requests.post(
+            f"{server.url('inference')}/predictions/sentiment",
+            json={"text": "This app is a total waste of time!"},
+            headers=server.auth_header("inference"),
+            timeout=30,
+        )
+        assert default.json()["sentiment"] == "negative"  # the default model, untouched, beside it
+        for text, prediction in zip(TEXTS, expected, strict=True):
             response = requests.post(
-                f"{server.url('inference')}/predictions/sentiment",
+                f"{server.url('inference')}/predictions/model",
                 json={"text": text},
                 headers=server.auth_header("inference"),
                 timeout=30,

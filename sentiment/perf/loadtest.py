@@ -1,7 +1,7 @@
 """Load-test the running server with real review sentences: closed and open loop.
 
-    python scripts/loadtest.py [--concurrency 1 2 4 8 16 32] [--rates 25 50 ... 350]
-                               [--seconds 10] [--out reports/]
+    sentiment-loadtest [--concurrency 1 2 4 8 16 32] [--rates 25 50 ... 350]
+                       [--seconds 10] [--out reports/]          # what `make loadtest` runs
 
 Closed loop: N clients each send a request as soon as their previous one returned. Open loop:
 requests leave on a fixed schedule whatever the server does, and latency counts from the
@@ -18,7 +18,6 @@ import http.client
 import json
 import logging
 import os
-import random
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -26,18 +25,14 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from urllib.parse import urlsplit
 
+import requests
 from tqdm import tqdm
 
-log = logging.getLogger("loadtest")
-ROOT = Path(__file__).resolve().parent.parent
+from sentiment.ops.local_server import DEFAULT_MODEL, LocalServer
+from sentiment.project import REPORTS_DIR
+from sentiment.training.corpora import review_sentences
 
-
-def review_sentences(limit: int = 2000, seed: int = 7) -> list[str]:
-    from datasets import load_vader
-
-    sentences = [e.text for name in ("movieReviewSnippets", "tweets") for e in load_vader(name)]
-    random.Random(seed).shuffle(sentences)
-    return sentences[:limit]
+log = logging.getLogger(__name__)
 
 
 class Client:
@@ -83,7 +78,7 @@ def percentile(values: list[float], q: float) -> float:
 
 
 def summarize(mode, level, latencies, statuses, seconds, cpu_seconds) -> LevelResult:
-    ok = [lat for lat, status in zip(latencies, statuses) if status == 200]
+    ok = [lat for lat, status in zip(latencies, statuses, strict=True) if status == 200]
     return LevelResult(
         mode=mode,
         level=level,
@@ -201,20 +196,28 @@ def print_table(results: list[LevelResult]) -> None:
 
 
 def main() -> None:
-    from server import LocalServer
-
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--concurrency", type=int, nargs="*", default=[1, 2, 4, 8, 16, 32])
     parser.add_argument("--rates", type=float, nargs="*", default=[25, 50, 100, 150, 200, 250, 300, 350])
     parser.add_argument("--seconds", type=float, default=10.0, help="per level")
-    parser.add_argument("--out", type=Path, default=ROOT / "reports")
+    parser.add_argument("--model", default=DEFAULT_MODEL)
+    parser.add_argument("--out", type=Path, default=REPORTS_DIR)
     args = parser.parse_args()
 
     server = LocalServer()
-    url = f"{server.url('inference')}/predictions/{server.model_name}"
+    if server.pid() is None:
+        raise SystemExit(f"TorchServe is not running from {server.run_dir}: is it running? (`make run`)")
+    try:
+        server.workers(args.model)
+    except requests.RequestException as error:
+        raise SystemExit(f"TorchServe does not serve {args.model!r} at {server.url('management')}: {error}") from None
+    url = f"{server.url('inference')}/predictions/{args.model}"
     headers = server.auth_header("inference")
     sentences = review_sentences()
+    status = Client(url, headers).post(sentences[0])
+    if status != 200:  # fail now, not after minutes of failed requests and an empty plot
+        raise SystemExit(f"a first request to {url} got HTTP {status or 'no answer'}; see `make status`")
     results = [closed_loop(url, headers, sentences, c, args.seconds) for c in args.concurrency]
     results += [open_loop(url, headers, sentences, r, args.seconds) for r in args.rates]
     print_table(results)

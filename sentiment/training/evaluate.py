@@ -1,9 +1,10 @@
 """Score the served model on the reserved test set and the drug-review test split.
 
-    python scripts/evaluate.py [--config config.json] [--out reports/]
+    sentiment-eval [--config config.json] [--out reports/]       # what `make eval` runs
 
-The model runs through `SentimentClassifier`, the class the TorchServe handler wraps, so the
-tokenizer settings, truncation, precision and temperature are those of the server. The VADER
+The model runs through `SentimentClassifier`, the class the TorchServe handler wraps, on the device
+a worker on this machine would use (the first GPU, else the CPU), so the tokenizer settings,
+truncation, precision and temperature are those of the server here. The VADER
 lexicon is scored on the same sentences for comparison. Writes reports/eval.json and, per test
 set, a confusion-matrix PNG and a reliability diagram.
 """
@@ -19,27 +20,29 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from datasets import CLASS_NAMES, RESERVED_SET, Example, load_drug_reviews, load_vader
-from metrics import calibration_bins, classification_report, expected_calibration_error
-from sentiment_model import ModelConfig, SentimentClassifier
+from sentiment.project import DEFAULT_CONFIG, REPORTS_DIR
+from sentiment.serving.classifier import SentimentClassifier
+from sentiment.serving.config import ModelConfig
+from sentiment.training.corpora import RESERVED_SET, Example, load_drug_reviews, load_vader
+from sentiment.training.scores import calibration_bins, classification_report, expected_calibration_error
 
-log = logging.getLogger("evaluate")
-ROOT = Path(__file__).resolve().parent.parent
+log = logging.getLogger(__name__)
 BATCH_SIZE = 64
 
 
 def model_probabilities(classifier: SentimentClassifier, texts: list[str]) -> list[list[float]]:
+    """Each text's probabilities in CLASS_NAMES order."""
     # Length-sorted batches: the server pads each batch to its longest text, so this is how it runs.
     order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
     probabilities: list[list[float]] = [[]] * len(texts)
     for start in tqdm(range(0, len(order), BATCH_SIZE), desc=f"model {classifier.precision}", unit="batch"):
         idx = order[start : start + BATCH_SIZE]
-        for i, prediction in zip(idx, classifier.predict([texts[i] for i in idx])):
-            probabilities[i] = [prediction.probabilities[name] for name in CLASS_NAMES]
+        for i, prediction in zip(idx, classifier.predict([texts[i] for i in idx]), strict=True):
+            probabilities[i] = [prediction.probabilities[name] for name in classifier.config.class_names]
     return probabilities
 
 
-def vader_predictions(texts: list[str]) -> list[int]:
+def vader_predictions(texts: list[str]) -> list[str]:
     """The VADER lexicon's compound score in -1..1, cut at +-0.05 as its authors recommend."""
     from vaderSentiment.vaderSentiment import SentimentIntensityAnalyzer
 
@@ -47,7 +50,7 @@ def vader_predictions(texts: list[str]) -> list[int]:
     predictions = []
     for text in tqdm(texts, desc="VADER lexicon", unit="text"):
         compound = analyzer.polarity_scores(text)["compound"]
-        predictions.append(0 if compound <= -0.05 else 2 if compound >= 0.05 else 1)
+        predictions.append("negative" if compound <= -0.05 else "positive" if compound >= 0.05 else "neutral")
     return predictions
 
 
@@ -55,7 +58,7 @@ def score_model(classifier: SentimentClassifier, texts: list[str], labels: list[
     started = time.monotonic()
     probabilities = model_probabilities(classifier, texts)
     seconds = time.monotonic() - started
-    report = classification_report(labels, [p.index(max(p)) for p in probabilities], CLASS_NAMES)
+    report = classification_report(labels, [p.index(max(p)) for p in probabilities], classifier.config.class_names)
     report["ece"] = expected_calibration_error(probabilities, labels)
     report["calibration_bins"] = calibration_bins(probabilities, labels)
     report["texts_per_second"] = len(texts) / seconds
@@ -64,17 +67,19 @@ def score_model(classifier: SentimentClassifier, texts: list[str], labels: list[
 
 def evaluate_set(name: str, examples: list[Example], classifiers: dict, out: Path) -> dict:
     """Every precision of the model, then the VADER lexicon; plots for the served precision."""
+    class_names = next(iter(classifiers.values())).config.class_names
     texts = [e.text for e in examples]
-    labels = [e.label for e in examples]
+    labels = [class_names.index(e.label) for e in examples]
     scores = {f"model {precision}": score_model(c, texts, labels) for precision, c in classifiers.items()}
     served = scores[f"model {next(iter(classifiers))}"]
-    plot_confusion(served["confusion_matrix"], f"{name}: confusion matrix", out / f"{name}-confusion.png")
+    plot_confusion(served["confusion_matrix"], class_names, f"{name}: confusion matrix", out / f"{name}-confusion.png")
     plot_reliability(served["calibration_bins"], served["ece"], f"{name}: reliability", out / f"{name}-reliability.png")
-    scores["VADER lexicon"] = classification_report(labels, vader_predictions(texts), CLASS_NAMES)
+    vader = [class_names.index(label) for label in vader_predictions(texts)]
+    scores["VADER lexicon"] = classification_report(labels, vader, class_names)
     return {"examples": len(examples), "scores": scores}
 
 
-def plot_confusion(matrix: list[list[int]], title: str, path: Path) -> None:
+def plot_confusion(matrix: list[list[int]], class_names: tuple[str, ...], title: str, path: Path) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -92,8 +97,8 @@ def plot_confusion(matrix: list[list[int]], title: str, path: Path) -> None:
                 va="center",
                 color="white" if count > max(map(max, matrix)) / 2 else "black",
             )
-    ax.set_xticks(range(len(CLASS_NAMES)), CLASS_NAMES)
-    ax.set_yticks(range(len(CLASS_NAMES)), CLASS_NAMES)
+    ax.set_xticks(range(len(class_names)), class_names)
+    ax.set_yticks(range(len(class_names)), class_names)
     ax.set_xlabel("predicted")
     ax.set_ylabel("human label")
     ax.set_title(title)
@@ -153,7 +158,7 @@ def print_summary(results: dict) -> None:
                 )
             )
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
-    lines = ["  ".join(cell.ljust(w) for cell, w in zip(row, widths)) for row in rows]
+    lines = ["  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)) for row in rows]
     for name, result in results.items():
         scorer, served = next(iter(result["scores"].items()))
         lines.append(f"\n{name}, {scorer} (served), per class (precision / recall / F1):")
@@ -166,23 +171,27 @@ def print_summary(results: dict) -> None:
 def main() -> None:
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--config", type=Path, default=ROOT / "config.json")
-    parser.add_argument("--out", type=Path, default=ROOT / "reports")
+    parser.add_argument("--config", type=Path, default=DEFAULT_CONFIG)
+    parser.add_argument("--out", type=Path, default=REPORTS_DIR)
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
 
+    import torch
+
     config = ModelConfig.from_file(args.config)
-    served = SentimentClassifier(config).load()
+    device = "cuda:0" if torch.cuda.is_available() else "cpu"  # where a worker with gpu_id 0 runs
+    served = SentimentClassifier(config, device).load()
     classifiers = {served.precision: served}
     if served.precision != "fp32":  # the served precision must stay within 0.5 point of fp32
-        classifiers["fp32"] = SentimentClassifier(dataclasses.replace(config, precision="fp32")).load()
+        classifiers["fp32"] = SentimentClassifier(dataclasses.replace(config, precision="fp32"), device).load()
     test_sets = {RESERVED_SET: load_vader(RESERVED_SET), "drugs-test": load_drug_reviews("Test")}
     results = {name: evaluate_set(name, examples, classifiers, args.out) for name, examples in test_sets.items()}
     report = {
         "config": str(args.config),
-        "weights": config.pre_trained_model.name,
+        "weights": Path(config.pre_trained_model).name,
         "temperature": served.temperature,
         "served_precision": served.precision,
+        "device": device,
         "results": results,
     }
     (args.out / "eval.json").write_text(json.dumps(report, indent=2) + "\n")

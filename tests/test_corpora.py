@@ -9,7 +9,8 @@ import tarfile
 
 import pytest
 
-import datasets
+from sentiment import project
+from sentiment.training import corpora
 
 
 def _add(archive: tarfile.TarFile, name: str, payload: bytes) -> None:
@@ -26,22 +27,25 @@ def vader_sdist(tmp_path, monkeypatch):
     with tarfile.open(fileobj=inner, mode="w:gz") as ground:
         _add(ground, "hutto_ICWSM_2014/tweets_GroundTruth.txt", ground_truth.encode())
         _add(ground, "hutto_ICWSM_2014/tweets_anonDataRatings.txt", ratings.encode())
-    with tarfile.open(tmp_path / datasets.VADER_SDIST, "w:gz") as sdist:
+    with tarfile.open(tmp_path / corpora.VADER_SDIST, "w:gz") as sdist:
         _add(sdist, "vaderSentiment-3.3.2/additional_resources/hutto_ICWSM_2014.tar.gz", inner.getvalue())
-    monkeypatch.setattr(datasets, "DATA_DIR", tmp_path)
+    monkeypatch.setattr(project, "DATA_DIR", tmp_path)
 
 
 def test_vader_sentences_carry_their_band_and_the_standard_error_of_their_mean(vader_sdist):
-    examples = datasets.load_vader("tweets")
+    examples = corpora.load_vader("tweets")
 
-    assert [(e.text, e.label, e.score) for e in examples] == [("meh, it broke", 0, -0.6), ("love it", 2, 2.5)]
+    assert [(e.text, e.label, e.score) for e in examples] == [
+        ("meh, it broke", "negative", -0.6),
+        ("love it", "positive", 2.5),
+    ]
     assert examples[0].score_error == pytest.approx(0.8 / math.sqrt(16))  # 16 individual ratings
     assert examples[1].score_error == pytest.approx(0.5 / 2)
 
 
 def test_unknown_training_sources_are_refused_by_name():
     with pytest.raises(ValueError, match="amazonReviewSnippets"):
-        datasets.load_training_corpus(("tweets", "amazonReviewSnippets"))
+        corpora.load_training_corpus(("tweets", "amazonReviewSnippets"))
 
 
 @pytest.fixture
@@ -56,23 +60,25 @@ def sentiment_npm(tmp_path, monkeypatch):
         {"text": "", "class": 1},
         {"text": "no label"},
     ]
-    with tarfile.open(tmp_path / datasets.SENTIMENT_NPM, "w:gz") as package:
+    with tarfile.open(tmp_path / corpora.SENTIMENT_NPM, "w:gz") as package:
         _add(package, "package/test/fixtures/amazon.json", json.dumps(rows).encode())
-    monkeypatch.setattr(datasets, "DATA_DIR", tmp_path)
+    monkeypatch.setattr(project, "DATA_DIR", tmp_path)
 
 
 def test_labelled_sentences_map_to_negative_and_positive_once_per_text(sentiment_npm):
-    examples = datasets.load_labelled_sentences("amazonCells")
+    examples = corpora.load_labelled_sentences("amazonCells")
 
     assert [(e.text, e.label, e.source) for e in examples] == [
-        ("Great for the jawbone.", 2, "amazonCells"),
-        ("Piece of junk.", 0, "amazonCells"),
+        ("Great for the jawbone.", "positive", "amazonCells"),
+        ("Piece of junk.", "negative", "amazonCells"),
     ]
 
 
 def test_training_texts_found_in_the_reserved_set_are_dropped(monkeypatch):
-    reserved = [datasets.Example("Great product!", 2, datasets.RESERVED_SET)]
-    monkeypatch.setattr(datasets, "load_vader", lambda name: reserved if name == datasets.RESERVED_SET else [])
-    examples = [datasets.Example(text, 2, "yelp") for text in ("great product.", "GREAT  product", "great service")]
+    reserved = [corpora.Example("Great product!", "positive", corpora.RESERVED_SET)]
+    monkeypatch.setattr(corpora, "load_vader", lambda name: reserved if name == corpora.RESERVED_SET else [])
+    examples = [
+        corpora.Example(text, "positive", "yelp") for text in ("great product.", "GREAT  product", "great service")
+    ]
 
-    assert [e.text for e in datasets.without_reserved_texts(examples)] == ["great service"]
+    assert [e.text for e in corpora.without_reserved_texts(examples)] == ["great service"]

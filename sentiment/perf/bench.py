@@ -4,13 +4,14 @@
   (b) project   TorchServe with this project's defaults (config.json + config.properties)
   (c) tutorial  TorchServe the tutorial's way: batch size 1, every text padded to 160 tokens, fp32
 
-    python scripts/bench.py [--seconds 15] [--concurrency 16] [--variant NAME:KEY=VALUE,...]
+    sentiment-bench [--seconds 15] [--concurrency 16] [--variant NAME:KEY=VALUE,...]    # `make bench`
 
 Prints throughput, idle single-request latency and worker memory, the ratios b/c and b/a, and
 writes reports/bench.json and reports/bench.md (the table the README shows). Each extra
-`--variant` is another TorchServe configuration measured the same way, e.g.
-`--variant fp32:PRECISION=fp32`, `--variant batch16:batchSize=16`, `--variant 2x1:minWorkers=2,THREADS=1`
-or any config.properties key, `--variant netty1:number_of_netty_threads=1`.
+`--variant` is another TorchServe configuration measured the same way. A KEY is a config.json key
+(`--variant fp32:PRECISION=fp32`), a model-config.yaml setting (`--variant batch16:batchSize=16`,
+`--variant 1x2:minWorkers=1,maxWorkers=1,THREADS=2`) or else a config.properties key
+(`--variant netty1:number_of_netty_threads=1`).
 """
 
 from __future__ import annotations
@@ -25,15 +26,17 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from loadtest import Client, closed_loop, review_sentences
+from sentiment.ops.archive import build
+from sentiment.ops.local_server import LocalServer
+from sentiment.perf.loadtest import Client, closed_loop
+from sentiment.project import DEFAULT_CONFIG, REPORTS_DIR
+from sentiment.serving.classifier import SentimentClassifier
+from sentiment.serving.config import ModelConfig
+from sentiment.training.corpora import review_sentences
 
-from build_archive import build
-from sentiment_model import CONFIG_KEYS, PACKAGE_PREFIX, ModelConfig, SentimentClassifier
-from server import LocalServer, parse_properties, server_on_free_ports
-
-log = logging.getLogger("bench")
-ROOT = Path(__file__).resolve().parent.parent
-MODEL_SETTINGS = {"minWorkers", "maxWorkers", "batchSize", "maxBatchDelay"}
+log = logging.getLogger(__name__)
+# TorchServe's per-model settings (model-config.yaml) that a variant may change.
+MODEL_SETTINGS = {"minWorkers", "maxWorkers", "batchSize", "maxBatchDelay", "responseTimeout"}
 TUTORIAL = {"PRECISION": "fp32", "PADDING": "max_length", "MAX_SEQUENCE_LEN": 160, "batchSize": 1}
 
 
@@ -43,29 +46,16 @@ class Row:
     settings: str
     throughput: float  # texts per second
     idle_p50_ms: float | None  # one request at a time on an idle server
-    worker_rss_mb: float | None
+    workers: int | None  # worker processes TorchServe ran
+    worker_rss_mb: float | None  # resident memory per worker (mean)
     generator_cpu_share: float | None = None
-
-
-def variant_files(folder: Path, changes: dict) -> tuple[Path, dict]:
-    """A config.json and the per-model TorchServe settings for one variant."""
-    raw = json.loads((ROOT / "config.json").read_text())
-    for key in ("PRE_TRAINED_MODEL", "BERT_MODEL"):
-        if not raw[key].startswith(PACKAGE_PREFIX):
-            raw[key] = str((ROOT / raw[key]).resolve())
-    raw.update({k: v for k, v in changes.items() if k in CONFIG_KEYS})
-    (folder / "config.json").write_text(json.dumps(raw))
-    models = json.loads(parse_properties((ROOT / "config.properties").read_text())["models"])
-    version = raw["MODEL_VERSION"]
-    models["sentiment"][version].update({k: v for k, v in changes.items() if k in MODEL_SETTINGS})
-    return folder / "config.json", models
 
 
 def ceiling(sentences: list[str], batch_sizes=(8, 16, 32, 64)) -> Row:
     import torch
 
     # The whole machine for one process: torch's default threads (every core), not the server's THREADS.
-    config = dataclasses.replace(ModelConfig.from_file(ROOT / "config.json"), threads=0)
+    config = dataclasses.replace(ModelConfig.from_file(DEFAULT_CONFIG), threads=0)
     device = "cuda:0" if torch.cuda.is_available() else "cpu"  # where a worker with gpu_id 0 runs
     classifier = SentimentClassifier(config, device).load()
     classifier.predict(sentences[:32])  # warm-up
@@ -79,13 +69,13 @@ def ceiling(sentences: list[str], batch_sizes=(8, 16, 32, 64)) -> Row:
         if rate > best:
             best, best_batch = rate, batch
     settings = f"batch {best_batch}, {classifier.precision}, {device}, {torch.get_num_threads()} threads"
-    return Row("(a) in-process ceiling", settings, round(best, 1), None, None)
+    return Row("(a) in-process ceiling", settings, round(best, 1), None, None, None)
 
 
-def worker_rss_mb(server: LocalServer) -> float:
-    """Resident memory of the Python workers (the JVM frontend is reported apart in the JSON)."""
+def worker_rss_mb(server: LocalServer) -> tuple[int, float]:
+    """How many Python workers run, and the resident memory of each (mean; the JVM is left out)."""
     workers = server.processes()[1:]
-    return round(sum(p.memory_info().rss for p in workers) / 1e6, 0)
+    return len(workers), round(sum(p.memory_info().rss for p in workers) / len(workers) / 1e6, 0)
 
 
 def idle_latency_ms(server: LocalServer, sentences: list[str], n: int = 60) -> float:
@@ -100,38 +90,36 @@ def idle_latency_ms(server: LocalServer, sentences: list[str], n: int = 60) -> f
 
 def measure_server(tmp: Path, name: str, changes: dict, sentences, seconds: float, concurrency: int) -> Row:
     folder = Path(tempfile.mkdtemp(dir=tmp))
-    config, models = variant_files(folder, changes)
-    store = build(config, folder / "store").parent
-    # Keys neither config.json nor the per-model settings know are TorchServe properties.
-    properties = {k: str(v) for k, v in changes.items() if k not in CONFIG_KEYS and k not in MODEL_SETTINGS}
-    server = server_on_free_ports(folder / "run", store, models=json.dumps(models), **properties)
+    config_keys = {k: v for k, v in changes.items() if k in ModelConfig.json_keys()}
+    config = ModelConfig.from_file(DEFAULT_CONFIG).with_keys(**config_keys).write(folder / "config.json")
+    model_settings = {k: v for k, v in changes.items() if k in MODEL_SETTINGS}
+    archive = build(config, folder / "store", "sentiment", model_settings)
+    # Keys neither config.json nor model-config.yaml know are TorchServe properties.
+    properties = {k: str(v) for k, v in changes.items() if k not in config_keys and k not in model_settings}
+    server = LocalServer.on_free_ports(folder / "run", archive.parent, **properties)
     server.start(timeout=180)
     try:
-        settings = models["sentiment"][ModelConfig.from_file(config).model_version]
-        workers = settings.get("minWorkers", 1)
-        if workers > 1:
-            server.scale(workers)
         latency = idle_latency_ms(server, sentences)
         url = f"{server.url('inference')}/predictions/sentiment"
         closed_loop(url, server.auth_header("inference"), sentences, concurrency, 2)  # warm-up
         result = closed_loop(url, server.auth_header("inference"), sentences, concurrency, seconds)
         if result.errors:
             log.warning("%s: %d errors of %d requests", name, result.errors, result.requests)
-        rss = worker_rss_mb(server)
+        workers, rss = worker_rss_mb(server)
     finally:
         server.stop()
     described = ", ".join(f"{k}={v}" for k, v in changes.items()) or "defaults"
-    return Row(name, described, result.throughput, latency, rss, result.generator_cpu_share)
+    return Row(name, described, result.throughput, latency, workers, rss, result.generator_cpu_share)
 
 
 def markdown(rows: list[Row], a: Row, b: Row, c: Row, command: str) -> str:
     lines = [
-        "| configuration | settings | texts/s | idle p50 latency | worker RSS |",
+        "| configuration | settings | texts/s | idle p50 latency | workers x RSS each |",
         "|---|---|---:|---:|---:|",
     ]
     for r in rows:
         latency = f"{r.idle_p50_ms:.1f} ms" if r.idle_p50_ms is not None else "-"
-        rss = f"{r.worker_rss_mb:.0f} MB" if r.worker_rss_mb is not None else "-"
+        rss = f"{r.workers} x {r.worker_rss_mb:.0f} MB" if r.worker_rss_mb is not None else "-"
         lines.append(f"| {r.name} | {r.settings} | {r.throughput:.1f} | {latency} | {rss} |")
     lines.append("")
     lines.append(
@@ -160,7 +148,7 @@ def main() -> None:
     parser.add_argument("--concurrency", type=int, default=16, help="clients for the throughput runs")
     parser.add_argument("--sentences", type=int, default=1024)
     parser.add_argument("--variant", action="append", default=[], help="NAME:KEY=VALUE,... (see above)")
-    parser.add_argument("--out", type=Path, default=ROOT / "reports")
+    parser.add_argument("--out", type=Path, default=REPORTS_DIR)
     args = parser.parse_args()
 
     sentences = review_sentences(args.sentences)

@@ -1,7 +1,7 @@
 """In-process comparison of inference backends, as one served worker runs (1 thread, batch 8).
 
     .venv/bin/pip install onnxruntime==1.32.0 onnx==1.23.2 onnxscript==0.7.2   # not in requirements
-    PYTHONPATH=handler:scripts .venv/bin/python scripts/compare_backends.py
+    .venv/bin/python -m sentiment.perf.backends
 
 Rounds alternate between backends to spread the machine's noise: torch int8 (the default),
 torch int8 with each batch split into two length groups, torch.compile, ONNX Runtime fp32 and
@@ -11,7 +11,9 @@ backend is only kept if its macro-F1 stays within 0.5 point of fp32 (`make eval`
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
+import importlib.util
 import logging
 import statistics
 import tempfile
@@ -19,15 +21,14 @@ import time
 import warnings
 from pathlib import Path
 
-import torch
-from loadtest import review_sentences
+from sentiment.project import DEFAULT_CONFIG
+from sentiment.serving.classifier import SentimentClassifier
+from sentiment.serving.config import ModelConfig
+from sentiment.training.corpora import RESERVED_SET, load_vader, review_sentences
+from sentiment.training.scores import classification_report
 
-from datasets import CLASS_NAMES, RESERVED_SET, load_vader
-from metrics import classification_report
-from sentiment_model import ModelConfig, SentimentClassifier
-
-log = logging.getLogger("compare_backends")
-ROOT = Path(__file__).resolve().parent.parent
+log = logging.getLogger(__name__)
+OPTIONAL_PACKAGES = ("onnxruntime", "onnx", "onnxscript")
 INPUTS = ("input_ids", "attention_mask", "token_type_ids")
 
 
@@ -41,6 +42,7 @@ def texts_per_second(predict, sentences: list[str], batch: int = 8) -> float:
 
 def onnx_sessions(classifier_fp32: SentimentClassifier, folder: Path) -> dict:
     import onnxruntime as ort
+    import torch
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
     example = classifier_fp32.tokenize(["a short one", "and a somewhat longer example"])
@@ -67,10 +69,16 @@ def onnx_sessions(classifier_fp32: SentimentClassifier, folder: Path) -> dict:
 
 def main() -> None:
     logging.basicConfig(level=logging.INFO, format="%(message)s")
+    argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter).parse_args()
+    missing = [name for name in OPTIONAL_PACKAGES if importlib.util.find_spec(name) is None]
+    if missing:  # before loading any model
+        raise SystemExit(f"needs {missing}, which the requirements leave out: see the install line above")
+    import torch
+
     warnings.filterwarnings("ignore")
     torch.set_num_threads(1)
     sentences = review_sentences(1024)
-    config = dataclasses.replace(ModelConfig.from_file(ROOT / "config.json"), threads=1)
+    config = dataclasses.replace(ModelConfig.from_file(DEFAULT_CONFIG), threads=1)
     int8 = SentimentClassifier(dataclasses.replace(config, precision="int8")).load()
     fp32 = SentimentClassifier(dataclasses.replace(config, precision="fp32")).load()
     compiled = SentimentClassifier(dataclasses.replace(config, precision="int8")).load()
@@ -116,13 +124,13 @@ def main() -> None:
             )
 
         reserved = load_vader(RESERVED_SET)
-        labels = [e.label for e in reserved]
+        labels = [config.class_names.index(e.label) for e in reserved]
         for name, session in sessions.items():
             predict = onnx(session)
             guesses = []
             for i in range(0, len(reserved), 32):
                 guesses += predict([e.text for e in reserved[i : i + 32]]).argmax(1).tolist()
-            report = classification_report(labels, guesses, CLASS_NAMES)
+            report = classification_report(labels, guesses, config.class_names)
             log.info(
                 "%s on the reserved set: accuracy %.3f, macro-F1 %.3f", name, report["accuracy"], report["macro_f1"]
             )

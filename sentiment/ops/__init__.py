@@ -1,0 +1,1 @@
+"""Operations: build the model archive, run TorchServe locally, talk to its management API."""

@@ -1,0 +1,95 @@
+"""Start, stop, scale and inspect the local TorchServe.
+
+    sentiment-server start [--models sentiment [mine ...]] [--no-auth] [--timeout 180]
+    sentiment-server stop
+    sentiment-server scale WORKERS [--model NAME]
+    sentiment-server status [--model NAME]
+
+`start` serves model_store/NAME.mar for each NAME (the default model, `sentiment`, unless told).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+import time
+
+import requests
+
+from sentiment.ops.archive import describe
+from sentiment.ops.local_server import DEFAULT_MODEL, LocalServer, ServerError
+from sentiment.ops.management import ManagementError
+
+log = logging.getLogger(__name__)
+
+
+def curl_example(server: LocalServer) -> str:
+    token = ""
+    if server.auth_header("inference"):
+        read_key = f"import json; print(json.load(open('{server.key_file}'))['inference']['key'])"
+        token = f'-H "Authorization: Bearer $(python3 -c "{read_key}")" '
+    return (
+        f"curl -s {token}-H 'Content-Type: application/json' "
+        f'-d \'{{"text": "This app is a total waste of time!"}}\' '
+        f"{server.url('inference')}/predictions/{server.model_name}"
+    )
+
+
+def start(server: LocalServer, timeout: float) -> None:
+    started = time.monotonic()
+    server.start(timeout)
+    for model in server.models:
+        log.info("serving %s", describe(server.model_store / f"{model}.mar"))
+        log.info("  %d workers READY after %.1f s", len(server.workers(model)), time.monotonic() - started)
+        log.info("  inference:  %s/predictions/%s", server.url("inference"), model)
+        log.info("  management: %s/models/%s", server.url("management"), model)
+    others = sorted({p.stem for p in server.model_store.glob("*.mar")} - set(server.models))
+    if others:
+        log.info('also built, not served: %s (`make run MODELS="%s"` serves them too)', others, " ".join(others))
+    log.info("metrics:    %s/metrics", server.url("metrics"))
+    log.info("logs:       %s", server.log_dir)
+    log.info("try it:\n  %s", curl_example(server))
+
+
+def main() -> None:
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    commands = parser.add_subparsers(dest="command", required=True)
+    start_parser = commands.add_parser("start", help="start TorchServe and wait until its workers are READY")
+    start_parser.add_argument("--models", nargs="+", default=[DEFAULT_MODEL], help="archives in model_store to serve")
+    start_parser.add_argument("--no-auth", action="store_true", help="turn token authorization off (local only)")
+    start_parser.add_argument("--timeout", type=float, default=180.0)
+    commands.add_parser("stop", help="stop TorchServe and its workers")
+    scale_parser = commands.add_parser("scale", help="set the number of workers of a model")
+    scale_parser.add_argument("workers", type=int)
+    scale_parser.add_argument("--model", default=DEFAULT_MODEL)
+    status_parser = commands.add_parser("status", help="print a model's workers")
+    status_parser.add_argument("--model", default=DEFAULT_MODEL)
+    args = parser.parse_args()
+
+    overrides = {"disable_token_authorization": "true"} if getattr(args, "no_auth", False) else {}
+    server = LocalServer(models=tuple(getattr(args, "models", [DEFAULT_MODEL])), overrides=overrides)
+    try:
+        if args.command == "start":
+            if overrides:
+                log.warning("token authorization is OFF: anyone who reaches these ports can use every API")
+            start(server, args.timeout)
+        elif args.command == "stop":
+            server.stop()
+        elif args.command == "scale":
+            workers = server.scale(args.workers, args.model)
+            log.info("%d workers: %s", len(workers), ", ".join(f"{w['pid']} {w['status']}" for w in workers))
+        elif args.command == "status":
+            print(json.dumps(server.workers(args.model), indent=2))  # noqa: T201 - this command's output
+    except (ServerError, ManagementError) as error:
+        log.error("%s", error)
+        sys.exit(1)
+    except requests.ConnectionError:
+        log.error("TorchServe does not answer at %s: is it running? (`make run`)", server.url("management"))
+        sys.exit(1)
+
+
+if __name__ == "__main__":
+    main()

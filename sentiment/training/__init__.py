@@ -1,0 +1,1 @@
+"""Training data, fine-tuning, evaluation and importing your own checkpoints."""
