@@ -58,7 +58,7 @@ $(ARCHIVE): $(STAMP) config.json model-config.yaml $(WEIGHTS) $(SERVING_CODE)
 	$(BIN)/sentiment-archive --config config.json
 
 archive: $(STAMP) ## build model_store/sentiment.mar; CONFIG=models/mine/config.json builds model_store/mine.mar
-	$(BIN)/sentiment-archive --config $(CONFIG)
+	$(BIN)/sentiment-archive --config $(CONFIG) $(if $(NAME),--name $(NAME))
 
 run: $(ARCHIVE) ## start TorchServe on 127.0.0.1 and wait for READY workers (MODELS="sentiment mine", AUTH=off)
 	$(BIN)/sentiment-server start --models $(MODELS) $(if $(filter off,$(AUTH)),--no-auth)

@@ -61,9 +61,11 @@ class LocalServer:
         )
 
     @classmethod
-    def on_free_ports(cls, run_dir: Path, model_store: Path, **overrides: str) -> LocalServer:
-        """A server beside `make run`'s, for tests and benchmarks."""
-        return cls(run_dir=run_dir, model_store=model_store, overrides={**free_port_overrides(), **overrides})
+    def on_free_ports(
+        cls, run_dir: Path, model_store: Path, models: tuple[str, ...] = (DEFAULT_MODEL,), **overrides: str
+    ) -> LocalServer:
+        """A server beside `make run`'s, for tests and benchmarks; `overrides` are config.properties keys."""
+        return cls(run_dir, model_store, models, overrides={**free_port_overrides(), **overrides})
 
     @property
     def model_name(self) -> str:

@@ -1,0 +1,73 @@
+"""The shipped settings: secure defaults, server and per-model settings apart, docs that agree."""
+
+from __future__ import annotations
+
+import zipfile
+
+import yaml
+
+from sentiment.ops.archive import MODEL_CONFIG, build, serving_sources
+from sentiment.ops.local_server import LocalServer
+from sentiment.ops.properties import parse_properties
+from sentiment.project import PROJECT_DIR
+from sentiment.serving.config import config_table
+from tests.tiny_models import write_model_dir
+
+PROPERTIES = parse_properties((PROJECT_DIR / "config.properties").read_text())
+
+
+def test_every_api_listens_on_loopback_only():
+    for key in ("inference_address", "management_address", "metrics_address"):
+        assert PROPERTIES[key].startswith("http://127.0.0.1:"), key
+    for key in ("grpc_inference_address", "grpc_management_address"):
+        assert PROPERTIES[key] == "127.0.0.1", key
+
+
+def test_token_auth_on_and_model_control_api_off_by_default():
+    assert PROPERTIES["disable_token_authorization"] == "false"
+    assert PROPERTIES["enable_model_api"] == "false"
+
+
+def test_config_properties_holds_server_settings_only():
+    assert "models" not in PROPERTIES
+    assert not any(
+        key in PROPERTIES for key in ("batchSize", "maxBatchDelay", "minWorkers", "default_workers_per_model")
+    )
+
+
+def test_per_model_settings_leave_the_worker_count_to_torchserve():
+    settings = yaml.safe_load(MODEL_CONFIG.read_text())
+    assert settings == {"batchSize": 8, "maxBatchDelay": 2, "responseTimeout": 60}
+
+
+def test_run_folder_copy_applies_overrides_and_model_store(tmp_path):
+    server = LocalServer(
+        run_dir=tmp_path,
+        model_store=tmp_path / "store",
+        overrides={"inference_address": "http://127.0.0.1:1234", "new_key": "x"},
+    )
+    rendered = parse_properties(server.render_properties())
+    assert rendered["inference_address"] == "http://127.0.0.1:1234"
+    assert rendered["model_store"] == str((tmp_path / "store").resolve())
+    assert rendered["new_key"] == "x"
+    assert rendered["management_address"] == PROPERTIES["management_address"]
+    assert server.url("inference") == "http://127.0.0.1:1234"
+
+
+def test_the_readme_table_of_config_keys_is_the_definition():
+    assert config_table() in (PROJECT_DIR / "README.md").read_text()
+
+
+def test_the_archive_ships_the_serving_code_the_tests_import_and_its_settings(tmp_path, tiny_bert_dir):
+    model_dir = write_model_dir(tmp_path / "mine", tiny_bert_dir)
+    archive = build(model_dir / "config.json", tmp_path / "store", model_settings={"batchSize": 4})
+    assert archive.name == "mine.mar"  # named after its folder: never overwrites the default model's
+    package_root = PROJECT_DIR
+    with zipfile.ZipFile(archive) as mar:
+        for source in serving_sources():
+            assert mar.read(str(source.relative_to(package_root))) == source.read_bytes()
+        shipped = {name for name in mar.namelist() if name.endswith(".py")}
+        settings = yaml.safe_load(mar.read("model-config.yaml"))
+    expected = {str(s.relative_to(package_root)) for s in serving_sources()} | {"sentiment_handler.py"}
+    assert shipped == expected  # nothing of ops, training or perf: the serving layer stands alone
+    assert settings == {"batchSize": 4, "maxBatchDelay": 2, "responseTimeout": 60}
