@@ -71,6 +71,9 @@ def main() -> None:
 
     overrides = {"disable_token_authorization": "true"} if getattr(args, "no_auth", False) else {}
     server = LocalServer(models=tuple(getattr(args, "models", [DEFAULT_MODEL])), overrides=overrides)
+    if args.command in ("scale", "status") and server.pid() is None:
+        log.error("TorchServe is not running from %s: is it running? (`make run`)", server.run_dir)
+        sys.exit(1)
     try:
         if args.command == "start":
             if overrides:
@@ -83,7 +86,7 @@ def main() -> None:
             log.info("%d workers: %s", len(workers), ", ".join(f"{w['pid']} {w['status']}" for w in workers))
         elif args.command == "status":
             print(json.dumps(server.workers(args.model), indent=2))  # noqa: T201 - this command's output
-    except (ServerError, ManagementError) as error:
+    except (ServerError, ManagementError, requests.HTTPError) as error:
         log.error("%s", error)
         sys.exit(1)
     except requests.ConnectionError:
