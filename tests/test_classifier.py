@@ -9,6 +9,7 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
+from sentiment.project import DEFAULT_CONFIG
 from sentiment.serving.classifier import SentimentClassifier, weights_metadata
 from sentiment.serving.config import ConfigError, ModelConfig
 from tests.tiny_models import CLASS_NAMES, write_model_dir
@@ -100,12 +101,9 @@ def test_config_errors_name_the_key(model_dir, change, message):
         ModelConfig.from_dict({**raw, **change}, model_dir)
 
 
-def test_the_shipped_defaults_are_the_default_config_json():
-    import json as json_module
-    from pathlib import Path
-
-    shipped = json_module.loads((Path(__file__).resolve().parents[1] / "config.json").read_text())
-    assert shipped == ModelConfig().to_dict()
+def test_the_shipped_config_json_is_the_definition_s_defaults():
+    shipped = json.loads(DEFAULT_CONFIG.read_text())
+    assert shipped == ModelConfig().to_dict(), "config.json must hold every key of ModelConfig, at its default"
 
 
 def test_a_written_config_loads_back_equal(tmp_path, model_dir):

@@ -55,7 +55,8 @@ def test_run_folder_copy_applies_overrides_and_model_store(tmp_path):
 
 
 def test_the_readme_table_of_config_keys_is_the_definition():
-    assert config_table() in (PROJECT_DIR / "README.md").read_text()
+    readme = (PROJECT_DIR / "README.md").read_text()
+    assert config_table() in readme, "paste the output of `python -m sentiment.serving.config` into the README"
 
 
 def test_the_archive_ships_the_serving_code_the_tests_import_and_its_settings(tmp_path, tiny_bert_dir):

@@ -183,3 +183,7 @@ def config_table() -> str:
         default = json.dumps(list(spec.default) if isinstance(spec.default, tuple) else spec.default)
         rows.append(f"| `{spec.name.upper()}` | `{default}` | {allowed} | {meta['doc']} |")
     return "\n".join(rows)
+
+
+if __name__ == "__main__":
+    print(config_table())  # noqa: T201 - the README's table, to paste after adding a key
