@@ -8,12 +8,13 @@ from __future__ import annotations
 
 import json
 import logging
+from http import HTTPStatus
 from pathlib import Path
 
 import sentiment.serving
 from sentiment.serving.classifier import Prediction, SentimentClassifier, choose_device
 from sentiment.serving.config import ModelConfig
-from sentiment.serving.request_parsing import InvalidRequest, extract_text
+from sentiment.serving.request_parsing import EXAMPLE, InvalidRequest, UnprocessableText, extract_text
 
 log = logging.getLogger(__name__)
 
@@ -30,7 +31,9 @@ class SentimentHandler:
         from transformers.utils import logging as transformers_logging
 
         # Its load report lists the head tensors as "newly initialized"; they come from our weights.
+        # Its progress bars would land in model_log.log as warnings.
         transformers_logging.set_verbosity_error()
+        transformers_logging.disable_progress_bar()
         properties = context.system_properties
         config = ModelConfig.from_file(Path(properties["model_dir"]) / "config.json")
         device = choose_device(properties.get("gpu_id"), torch.cuda.is_available())
@@ -44,26 +47,36 @@ class SentimentHandler:
         outcomes: list[str | InvalidRequest] = []
         for idx, row in enumerate(data):
             try:
-                outcomes.append(
-                    extract_text(row, _content_type(context, idx, row), self.classifier.config.max_text_chars)
-                )
+                content_type = _content_type(context, idx, row)
+                outcomes.append(extract_text(row, content_type, self.classifier.config.max_text_chars))
             except InvalidRequest as error:
                 outcomes.append(error)
+            except Exception as error:  # whatever one body does, it must not fail the others
+                log.warning("request %d of the batch could not be read: %s", idx, type(error).__name__)
+                outcomes.append(InvalidRequest(f"request could not be read ({type(error).__name__}): {EXAMPLE}"))
         return outcomes
 
-    def inference(self, texts: list[str]) -> list[Prediction]:
-        return self.classifier.predict(texts)
+    def inference(self, texts: list[str]) -> list[Prediction | InvalidRequest]:
+        results = self.classifier.predict_isolated(texts)
+        return [
+            result
+            if isinstance(result, Prediction)
+            else UnprocessableText(f"the model could not classify this text ({type(result).__name__})")
+            for result in results
+        ]
 
-    def postprocess(self, outcomes: list, predictions: list[Prediction], context) -> list[str]:
+    def postprocess(self, outcomes: list, results: list[Prediction | InvalidRequest], context) -> list[str]:
+        """One JSON body per request, in order: a prediction, or an error with its own status."""
         responses = []
-        remaining = iter(predictions)
+        remaining = iter(results)
         for idx, outcome in enumerate(outcomes):
+            answer = next(remaining) if isinstance(outcome, str) else outcome
             context.set_response_content_type(idx, JSON)
-            if isinstance(outcome, InvalidRequest):
-                context.set_response_status(400, "Bad Request", idx=idx)
-                responses.append(json.dumps({"error": str(outcome)}))
+            if isinstance(answer, InvalidRequest):
+                context.set_response_status(answer.status, HTTPStatus(answer.status).phrase, idx=idx)
+                responses.append(json.dumps({"error": str(answer)}))
             else:
-                responses.append(json.dumps(next(remaining).to_dict()))
+                responses.append(json.dumps(answer.to_dict()))
         return responses
 
     def handle(self, data: list, context) -> list[str]:
@@ -82,10 +95,16 @@ def _count(context, **counters: int) -> None:
 
 
 def _content_type(context, idx: int, row) -> str | None:
-    """The Content-Type the client declared: TorchServe keeps it per body parameter."""
+    """The Content-Type the client declared, parameters (charset) included.
+
+    TorchServe passes the request's HTTP headers, and per body parameter its media type only.
+    """
+    declared = context.get_request_header(idx, "Content-Type") or context.get_request_header(idx, "content-type")
+    if declared:
+        return declared
     for name in ("data", "body"):
         if isinstance(row, dict) and name in row:
-            declared = context.get_request_header(idx, name)
-            if isinstance(declared, dict):
-                return declared.get("content-type")
-    return context.get_request_header(idx, "Content-Type") or context.get_request_header(idx, "content-type")
+            parameter = context.get_request_header(idx, name)
+            if isinstance(parameter, dict):
+                return parameter.get("content-type")
+    return None

@@ -61,13 +61,21 @@ GOOD = [
     ({"body": {"text": "love the app"}}, JSON_TYPE),
     ({"body": "awful waste of time"}, TEXT_TYPE),
     ({"body": bytearray(b'{"text": "easy schedule"}')}, "application/json; charset=utf-8"),
-    ({"data": bytearray(b"great phone")}, "application/octet-stream"),
+    ({"body": bytearray(b"great phone")}, None),  # no Content-Type: read as text/plain
+    ({"body": bytearray(b'{"text": "love it"}')}, "Application/JSON; charset=UTF-8"),
 ]
 
 BAD = {
     "empty body": (({"body": bytearray()}, TEXT_TYPE), "request body is empty"),
     "no body at all": (({}, None), "request body is empty"),
-    "form-encoded": (({}, "application/x-www-form-urlencoded"), "form-encoded bodies are not supported"),
+    "form-encoded": (({}, "application/x-www-form-urlencoded"), "'application/x-www-form-urlencoded' is not supported"),
+    "image": (({"body": bytearray(b"\x89PNG")}, "image/png"), "Content-Type 'image/png' is not supported"),
+    "octet-stream": (({"body": bytearray(b"good")}, "application/octet-stream"), "not supported"),
+    "latin-1": (({"body": bytearray(b"caf\xe9")}, "text/plain; charset=latin-1"), "charset 'latin-1'"),
+    "lone surrogate": (({"body": bytearray(b'{"text": "hi \\ud800"}')}, JSON_TYPE), "not valid Unicode at position 3"),
+    "decoded lone surrogate": (({"body": {"text": "hi \ud800"}}, JSON_TYPE), "lone surrogate"),
+    "deep nesting": (({"body": bytearray(b"[" * 5000 + b"]" * 5000)}, JSON_TYPE), "nests JSON .* deeper"),
+    "huge integer": (({"body": bytearray(b'{"text": ' + b"9" * 5000 + b"}")}, JSON_TYPE), "more digits"),
     "invalid JSON": (({"body": bytearray(b'{"text": ')}, JSON_TYPE), "not valid JSON"),
     "JSON array": (({"body": ["good"]}, JSON_TYPE), "must be an object, got an array"),
     "JSON number": (({"body": 5}, JSON_TYPE), "must be an object, got a number"),
@@ -91,11 +99,14 @@ def test_good_requests_in_every_accepted_form(handler, model_dir):
         assert set(body) == {"sentiment", "confidence", "probabilities", "truncated"}
 
 
-@pytest.mark.parametrize("case", BAD.values(), ids=BAD.keys())
-def test_bad_input_gets_400_with_a_json_error_naming_the_problem(handler, model_dir, case):
-    request, message = case
+UNSUPPORTED = {"form-encoded", "image", "octet-stream", "latin-1"}
+
+
+@pytest.mark.parametrize("name", BAD.keys())
+def test_bad_input_gets_400_or_415_with_a_json_error_naming_the_problem(handler, model_dir, name):
+    request, message = BAD[name]
     ((status, body, content_type),) = run(handler, model_dir, [request])
-    assert status == 400
+    assert status == (415 if name in UNSUPPORTED else 400)
     assert content_type == JSON_TYPE
     assert list(body) == ["error"]
     assert re.search(message, body["error"]), body["error"]
@@ -110,7 +121,7 @@ def test_bad_requests_do_not_harm_their_neighbours_in_the_batch(handler, model_d
     assert len(results) == 2 * len(BAD)
     for i, (status, body, _) in enumerate(results):
         if i % 2:
-            assert status == 400 and "error" in body
+            assert status in (400, 415) and "error" in body
         else:
             assert status == 200
             expected = alone[(i // 2) % len(GOOD)][1]
@@ -120,7 +131,32 @@ def test_bad_requests_do_not_harm_their_neighbours_in_the_batch(handler, model_d
 
 def test_a_batch_of_only_bad_requests_answers_each(handler, model_dir):
     results = run(handler, model_dir, [request for request, _ in BAD.values()])
-    assert [status for status, _, _ in results] == [400] * len(BAD)
+    assert [status for status, _, _ in results] == [415 if name in UNSUPPORTED else 400 for name in BAD]
+
+
+def test_a_text_the_model_fails_on_fails_alone(handler, model_dir, monkeypatch):
+    predict = handler.classifier.predict
+
+    def fails_on_poison(texts):
+        if any("awful" in text for text in texts):
+            raise RuntimeError("a forward pass that breaks on one input")
+        return predict(texts)
+
+    monkeypatch.setattr(handler.classifier, "predict", fails_on_poison)
+    results = run(handler, model_dir, GOOD)  # the second one says "awful"
+    assert [status for status, _, _ in results] == [200, 422, 200, 200, 200]
+    assert results[1][1] == {"error": "the model could not classify this text (RuntimeError)"}
+    assert results[0][1]["sentiment"] in ("negative", "neutral", "positive")
+
+
+def test_an_unexpected_error_reading_one_body_fails_only_that_request(handler, model_dir):
+    class Unreadable(dict):
+        def get(self, *args):
+            raise TypeError("a body no parser expected")
+
+    results = run(handler, model_dir, [GOOD[0], (Unreadable(), JSON_TYPE), GOOD[1]])
+    assert [status for status, _, _ in results] == [200, 400, 200]
+    assert "could not be read (TypeError)" in results[1][1]["error"]
 
 
 def test_initialize_reads_config_from_the_model_directory(tmp_path, tiny_bert_dir):

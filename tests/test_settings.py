@@ -37,7 +37,7 @@ def test_config_properties_holds_server_settings_only():
 
 def test_per_model_settings_leave_the_worker_count_to_torchserve():
     settings = yaml.safe_load(MODEL_CONFIG.read_text())
-    assert settings == {"batchSize": 8, "maxBatchDelay": 2, "responseTimeout": 60}
+    assert settings == {"batchSize": 8, "maxBatchDelay": 2, "responseTimeout": 3}
 
 
 def test_run_folder_copy_applies_overrides_and_model_store(tmp_path):
@@ -71,4 +71,4 @@ def test_the_archive_ships_the_serving_code_the_tests_import_and_its_settings(tm
         settings = yaml.safe_load(mar.read("model-config.yaml"))
     expected = {str(s.relative_to(package_root)) for s in serving_sources()} | {"sentiment_handler.py"}
     assert shipped == expected  # nothing of ops, training or perf: the serving layer stands alone
-    assert settings == {"batchSize": 4, "maxBatchDelay": 2, "responseTimeout": 60}
+    assert settings == {"batchSize": 4, "maxBatchDelay": 2, "responseTimeout": 3}

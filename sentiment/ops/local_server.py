@@ -125,11 +125,14 @@ class LocalServer:
         for model in self.models:
             if not (self.model_store / f"{model}.mar").is_file():
                 raise ServerError(f"{self.model_store / model}.mar is missing: build it with `make archive`")
-        (self.run_dir / "tmp").mkdir(parents=True, exist_ok=True)
-        self.log_dir.mkdir(parents=True, exist_ok=True)
+        # Logs, keys and sockets are the owner's alone: the folders, and (umask below) every file in them.
+        for folder in (self.run_dir, self.run_dir / "tmp", self.log_dir):
+            folder.mkdir(parents=True, exist_ok=True)
+            folder.chmod(0o700)
         self.key_file.unlink(missing_ok=True)
         rendered = self.render_properties()
         (self.run_dir / "config.properties").write_text(rendered)
+        (self.run_dir / "config.properties").chmod(0o600)
         self.settings = parse_properties(rendered)
         self._check_ports_free()
         env = {
@@ -141,6 +144,8 @@ class LocalServer:
             "METRICS_LOCATION": str(self.log_dir),
             "HF_HUB_OFFLINE": "1",
             "TRANSFORMERS_OFFLINE": "1",
+            # Workers get every body as bytes and the handler parses it, each request on its own.
+            "TS_DECODE_INPUT_REQUEST": "false",
             # The frontend reads the working directory's config too; pin it to ours.
             "TS_CONFIG_FILE": str(self.run_dir / "config.properties"),
         }
@@ -153,6 +158,7 @@ class LocalServer:
             "--log-config",
             str(self.log_config),
         ]
+        (self.log_dir / "console.log").touch(mode=0o600)
         with (self.log_dir / "console.log").open("ab") as console:
             # torchserve --start returns at once (rc 0 even if the JVM fails later): poll below.
             subprocess.run(
@@ -163,6 +169,7 @@ class LocalServer:
                 stderr=subprocess.STDOUT,
                 check=True,
                 start_new_session=True,
+                umask=0o077,
             )
         self.wait_until_ready(timeout)
 

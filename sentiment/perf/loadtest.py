@@ -38,22 +38,27 @@ log = logging.getLogger(__name__)
 class Client:
     """One keep-alive HTTP connection: http.client costs far less CPU per request than requests."""
 
-    def __init__(self, url: str, headers: dict[str, str]):
+    def __init__(self, url: str, headers: dict[str, str], timeout: float = 60.0):
         parts = urlsplit(url)
         self.host, self.port, self.path = parts.hostname, parts.port, parts.path
-        self.headers = {"Content-Type": "text/plain; charset=utf-8", **headers}
-        self.connection = http.client.HTTPConnection(self.host, self.port, timeout=60)
+        self.headers = headers
+        self.timeout = timeout
+        self.connection = http.client.HTTPConnection(self.host, self.port, timeout=timeout)
 
     def post(self, text: str) -> int:
+        return self.send(text.encode(), "text/plain; charset=utf-8")[0]
+
+    def send(self, body: bytes, content_type: str | None, method: str = "POST", query: str = "") -> tuple[int, bytes]:
+        """The status and body of one request; status 0 when the connection failed."""
+        headers = {**self.headers, **({"Content-Type": content_type} if content_type else {})}
         try:
-            self.connection.request("POST", self.path, body=text.encode(), headers=self.headers)
+            self.connection.request(method, self.path + query, body=body, headers=headers)
             response = self.connection.getresponse()
-            response.read()
-            return response.status
+            return response.status, response.read()
         except (OSError, http.client.HTTPException):
             self.connection.close()
-            self.connection = http.client.HTTPConnection(self.host, self.port, timeout=60)
-            return 0  # connection error
+            self.connection = http.client.HTTPConnection(self.host, self.port, timeout=self.timeout)
+            return 0, b""
 
 
 @dataclass

@@ -230,6 +230,21 @@ class SentimentClassifier:
         probabilities = torch.softmax(logits / self.temperature, dim=-1).cpu().tolist()
         return [self._prediction(row, cut) for row, cut in zip(probabilities, truncated, strict=True)]
 
+    def predict_isolated(self, texts: list[str]) -> list[Prediction | Exception]:
+        """`predict`, except that a text on which the forward pass fails fails alone.
+
+        A failing batch is retried in halves, down to single texts, so its other texts still get
+        their predictions (at the cost of smaller batches, only when something failed).
+        """
+        try:
+            return self.predict(texts)
+        except Exception as error:
+            if len(texts) == 1:
+                log.warning("the model failed on one text of %d characters: %s", len(texts[0]), type(error).__name__)
+                return [error]
+            half = len(texts) // 2
+            return self.predict_isolated(texts[:half]) + self.predict_isolated(texts[half:])
+
     def _prediction(self, probabilities: list[float], truncated: bool) -> Prediction:
         best = max(range(len(probabilities)), key=probabilities.__getitem__)
         return Prediction(

@@ -7,6 +7,7 @@ import shutil
 from pathlib import Path
 
 import pytest
+import requests
 
 from sentiment.ops.archive import build
 from sentiment.ops.local_server import LocalServer
@@ -39,3 +40,9 @@ def server(tmp_path_factory, default_archive):
     processes = server.processes()
     server.stop()
     assert not [p for p in processes if p.is_running() and p.status() != "zombie"], "processes left behind"
+
+
+def metric_total(server: LocalServer, name: str) -> float:
+    """A Prometheus counter of the server, summed over its labels."""
+    text = requests.get(f"{server.url('metrics')}/metrics", headers=server.auth_header("management"), timeout=10).text
+    return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines() if line.startswith(f"{name}{{"))

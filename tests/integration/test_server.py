@@ -15,6 +15,7 @@ import requests
 from sentiment.project import DEFAULT_CONFIG, PROJECT_DIR
 from sentiment.serving.classifier import SentimentClassifier
 from sentiment.serving.config import ModelConfig
+from tests.integration.conftest import metric_total
 
 pytestmark = pytest.mark.integration
 
@@ -40,7 +41,15 @@ BAD_INPUTS = {
         "application/json",
         "at most 5000 characters. Given: 5001",
     ),
-    "form-encoded": (b"This is great", "application/x-www-form-urlencoded", "form-encoded"),
+    "lone surrogate": (b'{"text": "hi \\ud800"}', "application/json", "not valid Unicode"),
+    "deep nesting": (b"[" * 100_000 + b"]" * 100_000, "application/json", "deeper than the parser allows"),
+    "huge integer": (b'{"text": ' + b"9" * 10_000 + b"}", "application/json", "more digits"),
+}
+# (body bytes, Content-Type, what the error must say): answered 415.
+UNSUPPORTED_TYPES = {
+    "form-encoded": (b"This is great", "application/x-www-form-urlencoded", "is not supported"),
+    "image": (b"\x89PNG{}", "image/png", "Content-Type 'image/png' is not supported"),
+    "foreign charset": (b"caf\xe9", "text/plain; charset=latin-1", "charset 'latin-1'"),
 }
 
 
@@ -96,6 +105,15 @@ def test_bad_input_gets_400_json(server, case):
     assert re.search(message, response.json()["error"])
 
 
+@pytest.mark.parametrize("case", UNSUPPORTED_TYPES.values(), ids=UNSUPPORTED_TYPES.keys())
+def test_unsupported_content_types_get_415_json(server, case):
+    body, content_type, message = case
+    response = predict(server, body, content_type)
+    assert response.status_code == 415
+    assert message in response.json()["error"]
+    assert "application/json" in response.json()["error"]
+
+
 def test_body_over_max_request_size_gets_413(server):
     limit = int(server.settings["max_request_size"])
     assert predict(server, b"a" * (limit + 1), "text/plain").status_code == 413
@@ -105,11 +123,6 @@ def test_requests_without_the_token_are_refused(server):
     response = requests.post(f"{server.url('inference')}/predictions/sentiment", json={"text": "good"}, timeout=10)
     assert response.status_code == 400  # TorchServe 0.12 answers a missing token with 400, not 401
     assert "Token Authorization failed" in response.text
-
-
-def metric_total(server, name: str) -> float:
-    text = requests.get(f"{server.url('metrics')}/metrics", headers=server.auth_header("management"), timeout=10).text
-    return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines() if line.startswith(f"{name}{{"))
 
 
 def test_concurrent_burst_forms_batches_and_bad_requests_harm_no_neighbour(server):
@@ -161,7 +174,7 @@ def test_per_model_settings_come_from_the_archive(server):
         f"{server.url('management')}/models/sentiment", headers=server.auth_header("management"), timeout=10
     )
     (model,) = response.json()
-    assert (model["batchSize"], model["maxBatchDelay"], model["responseTimeout"]) == (8, 2, 60)
+    assert (model["batchSize"], model["maxBatchDelay"], model["responseTimeout"]) == (8, 2, 3)
 
 
 def test_torchserve_starts_one_worker_per_core_by_itself(server):
