@@ -21,7 +21,7 @@ export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 export TRANSFORMERS_VERBOSITY := error
 
-.PHONY: help setup data model eval archive run stop scale status bench loadtest test test-unit test-integration lint format clean
+.PHONY: help setup data model eval archive run stop scale status bench loadtest fuzz soak test test-unit test-integration docs lint format clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F ':.*## ' '{printf "  make %-17s %s\n", $$1, $$2}'
@@ -74,10 +74,10 @@ stop: ## stop TorchServe and its workers
 
 scale: $(STAMP) ## set the number of workers: make scale WORKERS=2 [MODEL=sentiment]
 	@[ -n "$(WORKERS)" ] || { echo "make scale needs a worker count: make scale WORKERS=2" >&2; exit 2; }
-	$(BIN)/sentiment-server scale $(WORKERS) --model $(or $(MODEL),sentiment)
+	$(BIN)/sentiment-server scale $(WORKERS) $(if $(MODEL),--model $(MODEL))
 
 status: $(STAMP) ## show the workers of the running model [MODEL=sentiment]
-	$(BIN)/sentiment-server status --model $(or $(MODEL),sentiment)
+	$(BIN)/sentiment-server status $(if $(MODEL),--model $(MODEL))
 
 test: $(STAMP) ## unit tests, then integration tests against a real TorchServe
 	$(PY) -m pytest
@@ -87,6 +87,9 @@ test-unit: $(STAMP) ## the fast tests only (tiny random BERT, no server)
 
 test-integration: $(STAMP) ## the tests that start TorchServe
 	$(PY) -m pytest -m integration
+
+docs: $(STAMP) ## rewrite the README's table of config.json keys from ModelConfig
+	$(PY) scripts/render_config_table.py
 
 lint: $(STAMP) ## ruff check and format check
 	$(BIN)/ruff check .

@@ -10,3 +10,11 @@ DEFAULT_CONFIG = PROJECT_DIR / "config.json"
 MODEL_STORE = PROJECT_DIR / "model_store"
 DATA_DIR = PROJECT_DIR / "data"
 REPORTS_DIR = PROJECT_DIR / "reports"
+# The default model's name: its archive is model_store/sentiment.mar, its URL /predictions/sentiment.
+DEFAULT_MODEL = "sentiment"
+
+
+def model_name_for(config_path: Path) -> str:
+    """`sentiment` for the default model; any other model is named after its folder (models/mine: mine)."""
+    folder = Path(config_path).resolve().parent
+    return DEFAULT_MODEL if Path(config_path).resolve() == DEFAULT_CONFIG.resolve() else folder.name

@@ -6,7 +6,7 @@ import zipfile
 
 import yaml
 
-from sentiment.ops.archive import MODEL_CONFIG, build, serving_sources
+from sentiment.ops.archive import MODEL_YAML, build, serving_sources
 from sentiment.ops.local_server import LocalServer
 from sentiment.ops.properties import parse_properties
 from sentiment.project import PROJECT_DIR
@@ -28,15 +28,12 @@ def test_token_auth_on_and_model_control_api_off_by_default():
     assert PROPERTIES["enable_model_api"] == "false"
 
 
-def test_config_properties_holds_server_settings_only():
+def test_config_properties_holds_no_per_model_settings():
     assert "models" not in PROPERTIES
-    assert not any(
-        key in PROPERTIES for key in ("batchSize", "maxBatchDelay", "minWorkers", "default_workers_per_model")
-    )
 
 
 def test_per_model_settings_leave_the_worker_count_to_torchserve():
-    settings = yaml.safe_load(MODEL_CONFIG.read_text())
+    settings = yaml.safe_load((PROJECT_DIR / MODEL_YAML).read_text())
     assert settings == {"batchSize": 8, "maxBatchDelay": 2, "responseTimeout": 3}
 
 
@@ -56,12 +53,12 @@ def test_run_folder_copy_applies_overrides_and_model_store(tmp_path):
 
 def test_the_readme_table_of_config_keys_is_the_definition():
     readme = (PROJECT_DIR / "README.md").read_text()
-    assert config_table() in readme, "paste the output of `python -m sentiment.serving.config` into the README"
+    assert config_table() in readme, "run `make docs` to write the table into the README"
 
 
 def test_the_archive_ships_the_serving_code_the_tests_import_and_its_settings(tmp_path, tiny_bert_dir):
     model_dir = write_model_dir(tmp_path / "mine", tiny_bert_dir)
-    archive = build(model_dir / "config.json", tmp_path / "store", model_settings={"batchSize": 4})
+    archive = build(model_dir / "config.json", tmp_path / "store", torchserve_settings={"batchSize": 4})
     assert archive.name == "mine.mar"  # named after its folder: never overwrites the default model's
     package_root = PROJECT_DIR
     with zipfile.ZipFile(archive) as mar:
@@ -72,3 +69,13 @@ def test_the_archive_ships_the_serving_code_the_tests_import_and_its_settings(tm
     expected = {str(s.relative_to(package_root)) for s in serving_sources()} | {"sentiment_handler.py"}
     assert shipped == expected  # nothing of ops, training or perf: the serving layer stands alone
     assert settings == {"batchSize": 4, "maxBatchDelay": 2, "responseTimeout": 3}
+
+
+def test_a_model_config_yaml_beside_an_imported_config_json_is_its_own(tmp_path, tiny_bert_dir):
+    model_dir = write_model_dir(tmp_path / "mine", tiny_bert_dir)
+    (model_dir / MODEL_YAML).write_text("batchSize: 16\nmaxBatchDelay: 5\nminWorkers: 1\n")
+    archive = build(model_dir / "config.json", tmp_path / "store")
+    with zipfile.ZipFile(archive) as mar:
+        settings = yaml.safe_load(mar.read("model-config.yaml"))
+    # maxWorkers follows a lone minWorkers: TorchServe ignores a worker count without it.
+    assert settings == {"batchSize": 16, "maxBatchDelay": 5, "minWorkers": 1, "maxWorkers": 1}

@@ -1,11 +1,13 @@
 """Package a model into a TorchServe archive: model_store/NAME.mar.
 
-    sentiment-archive [--config config.json] [--name NAME] [--model-store model_store]
+    sentiment-archive [--config config.json] [--name NAME] [--model-yaml model-config.yaml]
+                      [--model-store model_store]
 
 The archive holds the handler, the `sentiment.serving` package it wraps (the same files the tests
 import), the BERT folder (config, tokenizer, backbone weights), the fine-tuned tensors, a
 config.json whose paths point inside the archive, and TorchServe's per-model settings
-(model-config.yaml), so a worker needs nothing from the project folder.
+(model-config.yaml: the one beside the config.json if there is one, else the project's), so a
+worker needs nothing from the project folder.
 """
 
 from __future__ import annotations
@@ -26,14 +28,14 @@ from pathlib import Path
 import yaml
 
 import sentiment
-from sentiment.project import DEFAULT_CONFIG, MODEL_STORE, PROJECT_DIR
+from sentiment.project import DEFAULT_CONFIG, MODEL_STORE, PROJECT_DIR, model_name_for
 from sentiment.serving.classifier import resolve_bert_dir
 from sentiment.serving.config import ModelConfig
 
 log = logging.getLogger(__name__)
 HANDLER = PROJECT_DIR / "handler" / "sentiment_handler.py"
-MODEL_CONFIG = PROJECT_DIR / "model-config.yaml"
-DEFAULT_NAME = "sentiment"
+# TorchServe's per-model settings (batching, timeouts, workers), not to be confused with config.json.
+MODEL_YAML = "model-config.yaml"
 # What serving needs from a Hugging Face folder; weights only as safetensors, never pickles.
 BERT_FILES = (
     "config.json",
@@ -43,12 +45,6 @@ BERT_FILES = (
     "vocab.txt",
     "special_tokens_map.json",
 )
-
-
-def default_name(config_path: Path) -> str:
-    """`sentiment` for the default model; an imported model is named after its folder."""
-    config_path = Path(config_path)
-    return DEFAULT_NAME if config_path.resolve() == DEFAULT_CONFIG.resolve() else config_path.resolve().parent.name
 
 
 def serving_sources() -> list[Path]:
@@ -85,9 +81,18 @@ def stage_model_files(config: ModelConfig, staging: Path) -> None:
         shutil.copy2(source, target)
 
 
-def write_model_settings(path: Path, overrides: dict | None = None) -> Path:
-    """model-config.yaml: the project's per-model TorchServe settings, with `overrides` applied."""
-    settings = {**yaml.safe_load(MODEL_CONFIG.read_text()), **(overrides or {})}
+def model_yaml_for(config_path: Path) -> Path:
+    """The model-config.yaml beside a model's config.json if it has one, else the project's."""
+    beside = Path(config_path).resolve().parent / MODEL_YAML
+    return beside if beside.is_file() else PROJECT_DIR / MODEL_YAML
+
+
+def write_model_yaml(source: Path, path: Path, overrides: dict | None = None) -> Path:
+    """A copy of TorchServe's per-model settings with `overrides` applied."""
+    settings = {**yaml.safe_load(source.read_text()), **(overrides or {})}
+    if "minWorkers" in settings:
+        # TorchServe ignores a worker count unless maxWorkers >= minWorkers > 0 (and warns then).
+        settings.setdefault("maxWorkers", settings["minWorkers"])
     path.write_text(yaml.safe_dump(settings, sort_keys=False))
     return path
 
@@ -96,12 +101,14 @@ def build(
     config_path: Path,
     model_store: Path = MODEL_STORE,
     name: str | None = None,
-    model_settings: dict | None = None,
+    torchserve_settings: dict | None = None,
+    model_yaml: Path | None = None,
 ) -> Path:
-    """Build NAME.mar from a config.json; `model_settings` override model-config.yaml's."""
+    """Build NAME.mar from a config.json; `torchserve_settings` override those of the model-config.yaml."""
     started = time.monotonic()
     config = ModelConfig.from_file(config_path)
-    name = name or default_name(config_path)
+    name = name or model_name_for(config_path)
+    model_yaml = model_yaml or model_yaml_for(config_path)
     model_store.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="sentiment-archive-") as tmp:
         staging = Path(tmp) / "files"
@@ -118,7 +125,7 @@ def build(
             "--extra-files",
             str(staging),
             "--config-file",
-            str(write_model_settings(Path(tmp) / "model-config.yaml", model_settings)),
+            str(write_model_yaml(model_yaml, Path(tmp) / MODEL_YAML, torchserve_settings)),
             "--export-path",
             str(model_store),
             "--force",
@@ -127,11 +134,12 @@ def build(
         subprocess.run(command, check=True, env={**os.environ, "TMPDIR": tmp})
     archive = model_store / f"{name}.mar"
     log.info(
-        "built %s: model %r version %s from %s (%.0f MB) in %.1f s",
+        "built %s: model %r version %s from %s and %s (%.0f MB) in %.1f s",
         archive,
         name,
         config.model_version,
         config_path,
+        model_yaml,
         archive.stat().st_size / 1e6,
         time.monotonic() - started,
     )
@@ -154,9 +162,12 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config", type=Path, default=DEFAULT_CONFIG)
     parser.add_argument("--name", help="model name and archive file name (default: sentiment, or the config's folder)")
+    parser.add_argument(
+        "--model-yaml", type=Path, help=f"default: the {MODEL_YAML} beside --config, else the project's"
+    )
     parser.add_argument("--model-store", type=Path, default=MODEL_STORE)
     args = parser.parse_args()
-    build(args.config, args.model_store, args.name)
+    build(args.config, args.model_store, args.name, model_yaml=args.model_yaml)
 
 
 if __name__ == "__main__":

@@ -19,8 +19,9 @@ import time
 import requests
 
 from sentiment.ops.archive import describe
-from sentiment.ops.local_server import DEFAULT_MODEL, LocalServer, ServerError
+from sentiment.ops.local_server import LocalServer, ServerError
 from sentiment.ops.management import ManagementError
+from sentiment.project import DEFAULT_MODEL
 
 log = logging.getLogger(__name__)
 

@@ -23,10 +23,9 @@ import requests
 
 from sentiment.ops.management import ManagementClient
 from sentiment.ops.properties import free_port_overrides, parse_properties, render_properties
-from sentiment.project import MODEL_STORE, PROJECT_DIR
+from sentiment.project import DEFAULT_MODEL, MODEL_STORE, PROJECT_DIR
 
 log = logging.getLogger(__name__)
-DEFAULT_MODEL = "sentiment"
 LOG_TAIL_LINES = 40
 
 
@@ -124,7 +123,10 @@ class LocalServer:
             raise ServerError(f"TorchServe already runs from {self.run_dir} (pid {self.pid()}): `make stop` first")
         for model in self.models:
             if not (self.model_store / f"{model}.mar").is_file():
-                raise ServerError(f"{self.model_store / model}.mar is missing: build it with `make archive`")
+                raise ServerError(
+                    f"{self.model_store / model}.mar is missing: build it with `make archive` "
+                    f"(`make archive CONFIG=models/{model}/config.json` for an imported model)"
+                )
         # Logs, keys and sockets are the owner's alone: the folders, and (umask below) every file in them.
         for folder in (self.run_dir, self.run_dir / "tmp", self.log_dir):
             folder.mkdir(parents=True, exist_ok=True)

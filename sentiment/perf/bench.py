@@ -26,11 +26,11 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from sentiment.ops.archive import build
+from sentiment.ops.archive import build, model_yaml_for
 from sentiment.ops.local_server import LocalServer
 from sentiment.perf.loadtest import Client, closed_loop
-from sentiment.project import DEFAULT_CONFIG, REPORTS_DIR
-from sentiment.serving.classifier import SentimentClassifier
+from sentiment.project import DEFAULT_CONFIG, DEFAULT_MODEL, REPORTS_DIR
+from sentiment.serving.classifier import SentimentClassifier, choose_device
 from sentiment.serving.config import ModelConfig
 from sentiment.training.corpora import review_sentences
 
@@ -56,7 +56,7 @@ def ceiling(sentences: list[str], batch_sizes=(8, 16, 32, 64)) -> Row:
 
     # The whole machine for one process: torch's default threads (every core), not the server's THREADS.
     config = dataclasses.replace(ModelConfig.from_file(DEFAULT_CONFIG), threads=0)
-    device = "cuda:0" if torch.cuda.is_available() else "cpu"  # where a worker with gpu_id 0 runs
+    device = choose_device(0, torch.cuda.is_available())  # where a worker with gpu_id 0 runs
     classifier = SentimentClassifier(config, device).load()
     classifier.predict(sentences[:32])  # warm-up
     best, best_batch = 0.0, 0
@@ -93,7 +93,7 @@ def measure_server(tmp: Path, name: str, changes: dict, sentences, seconds: floa
     config_keys = {k: v for k, v in changes.items() if k in ModelConfig.json_keys()}
     config = ModelConfig.from_file(DEFAULT_CONFIG).with_keys(**config_keys).write(folder / "config.json")
     model_settings = {k: v for k, v in changes.items() if k in MODEL_SETTINGS}
-    archive = build(config, folder / "store", "sentiment", model_settings)
+    archive = build(config, folder / "store", DEFAULT_MODEL, model_settings, model_yaml_for(DEFAULT_CONFIG))
     # Keys neither config.json nor model-config.yaml know are TorchServe properties.
     properties = {k: str(v) for k, v in changes.items() if k not in config_keys and k not in model_settings}
     server = LocalServer.on_free_ports(folder / "run", archive.parent, **properties)

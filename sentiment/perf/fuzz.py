@@ -22,8 +22,9 @@ from dataclasses import dataclass, field
 
 from tqdm import tqdm
 
-from sentiment.ops.local_server import DEFAULT_MODEL, LocalServer
+from sentiment.ops.local_server import LocalServer
 from sentiment.perf.loadtest import Client
+from sentiment.project import DEFAULT_MODEL
 
 log = logging.getLogger(__name__)
 JSON_TYPE = "application/json"

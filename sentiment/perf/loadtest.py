@@ -28,8 +28,8 @@ from urllib.parse import urlsplit
 import requests
 from tqdm import tqdm
 
-from sentiment.ops.local_server import DEFAULT_MODEL, LocalServer
-from sentiment.project import REPORTS_DIR
+from sentiment.ops.local_server import LocalServer
+from sentiment.project import DEFAULT_MODEL, REPORTS_DIR
 from sentiment.training.corpora import review_sentences
 
 log = logging.getLogger(__name__)

@@ -117,7 +117,9 @@ def load_fine_tuned_weights(model, path: Path, must_cover: set[str], class_names
         tensors = {name: weights.get_tensor(name) for name in sorted(names)}
         metadata = weights.metadata() or {}
     trained_for = metadata.get(CLASS_NAMES_KEY)
-    if trained_for is not None and trained_for != ",".join(class_names):
+    if trained_for is None:
+        log.warning("%s does not say which classes it was trained for: trusting CLASS_NAMES %s", path.name, class_names)
+    elif trained_for != ",".join(class_names):
         # Same count, other order: the shapes fit, and every answer would be silently wrong.
         raise ConfigError(
             f"{path.name} was trained for classes {trained_for.split(',')}, CLASS_NAMES is {list(class_names)}"

@@ -12,10 +12,13 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+log = logging.getLogger(__name__)
 
 # BERT_MODEL may name a pip package that ships a Hugging Face folder, e.g. the default backbone.
 PACKAGE_PREFIX = "package:"
@@ -26,8 +29,9 @@ class ConfigError(ValueError):
 
 
 def _setting(default: Any, doc: str, *, choices: tuple = (), minimum: int | None = None, maximum: int | None = None):
-    """A config.json key: its default, a one-line doc, and the values it allows."""
-    return field(default=default, metadata={"doc": doc, "choices": choices, "minimum": minimum, "maximum": maximum})
+    """A config.json key: its default (whose type is the key's type), a one-line doc, the values it allows."""
+    metadata = {"doc": doc, "type": type(default), "choices": choices, "minimum": minimum, "maximum": maximum}
+    return field(default=default, metadata=metadata)
 
 
 @dataclass(frozen=True)
@@ -90,13 +94,14 @@ class ModelConfig:
 
     @classmethod
     def from_dict(cls, raw: dict[str, Any], base_dir: Path) -> ModelConfig:
-        """Every key must be present and valid; relative paths are taken relative to `base_dir`."""
+        """Every key present must be valid, and unknown keys (typos) are refused; a missing key takes
+        its default, with a warning, so that a config.json written before a key existed still loads.
+        Relative paths are taken relative to `base_dir`."""
         if not isinstance(raw, dict):
             raise ConfigError("config must be a JSON object")
         missing = sorted(set(cls.json_keys()) - set(raw))
-        unknown = sorted(set(raw) - set(cls.json_keys()))
-        if missing or unknown:
-            raise ConfigError(f"config keys missing: {missing}, unknown: {unknown}")
+        if missing:
+            log.warning("%s lacks %s: using the defaults", base_dir / "config.json", missing)
         config = cls().with_keys(**raw)
         return dataclasses.replace(
             config,
@@ -140,16 +145,16 @@ class ModelConfig:
 
 def _check(spec: dataclasses.Field, value: Any) -> None:
     key, meta = spec.name.upper(), spec.metadata
-    if spec.name == "class_names":
+    if meta["type"] is tuple:  # a list of names
         if not isinstance(value, (list, tuple)) or not all(isinstance(name, str) and name for name in value):
             raise ConfigError(f"{key} must be a list of non-empty strings, got {value!r}")
         if len(value) < 2 or len(set(value)) != len(value):
             raise ConfigError(f"{key} must hold at least two distinct names, got {list(value)}")
         return
-    expected = int if spec.type == "int" else str
     # bool is an int subclass in Python; a `true` here is a typo, not a length.
-    if not isinstance(value, expected) or isinstance(value, bool):
-        raise ConfigError(f"{key} must be {'an integer' if expected is int else 'a string'}, got {value!r}")
+    if not isinstance(value, meta["type"]) or isinstance(value, bool):
+        described = {int: "an integer", str: "a string"}[meta["type"]]
+        raise ConfigError(f"{key} must be {described}, got {value!r}")
     if meta["choices"] and value not in meta["choices"]:
         raise ConfigError(f"{key} must be one of {list(meta['choices'])}, got {value!r}")
     low, high = meta["minimum"], meta["maximum"]
@@ -179,11 +184,7 @@ def config_table() -> str:
         elif meta["minimum"] is not None:
             allowed = f"{meta['minimum']}..{meta['maximum']}" if meta["maximum"] else f">= {meta['minimum']}"
         else:
-            allowed = {"class_names": "2+ distinct names"}.get(spec.name, "text")
+            allowed = "2+ distinct names" if meta["type"] is tuple else "text"
         default = json.dumps(list(spec.default) if isinstance(spec.default, tuple) else spec.default)
         rows.append(f"| `{spec.name.upper()}` | `{default}` | {allowed} | {meta['doc']} |")
     return "\n".join(rows)
-
-
-if __name__ == "__main__":
-    print(config_table())  # noqa: T201 - the README's table, to paste after adding a key

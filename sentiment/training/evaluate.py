@@ -21,7 +21,7 @@ from pathlib import Path
 from tqdm import tqdm
 
 from sentiment.project import DEFAULT_CONFIG, REPORTS_DIR
-from sentiment.serving.classifier import SentimentClassifier
+from sentiment.serving.classifier import SentimentClassifier, choose_device
 from sentiment.serving.config import ModelConfig
 from sentiment.training.corpora import RESERVED_SET, Example, load_drug_reviews, load_vader
 from sentiment.training.scores import calibration_bins, classification_report, expected_calibration_error
@@ -179,7 +179,7 @@ def main() -> None:
     import torch
 
     config = ModelConfig.from_file(args.config)
-    device = "cuda:0" if torch.cuda.is_available() else "cpu"  # where a worker with gpu_id 0 runs
+    device = choose_device(0, torch.cuda.is_available())  # where a worker with gpu_id 0 runs
     served = SentimentClassifier(config, device).load()
     classifiers = {served.precision: served}
     if served.precision != "fp32":  # the served precision must stay within 0.5 point of fp32

@@ -28,7 +28,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, save_file
 
-from sentiment.ops.archive import default_name
+from sentiment.project import model_name_for
 from sentiment.serving.classifier import SentimentClassifier, weights_metadata
 from sentiment.serving.config import ModelConfig
 
@@ -198,7 +198,7 @@ def main() -> None:
         )
     except CheckpointError as error:
         raise SystemExit(f"refused: {error}") from None
-    log.info('next: make archive CONFIG=%s && make stop run MODELS="sentiment %s"', config, default_name(config))
+    log.info('next: make archive CONFIG=%s && make stop run MODELS="sentiment %s"', config, model_name_for(config))
 
 
 if __name__ == "__main__":

@@ -177,9 +177,15 @@ def test_per_model_settings_come_from_the_archive(server):
     assert (model["batchSize"], model["maxBatchDelay"], model["responseTimeout"]) == (8, 2, 3)
 
 
-def test_torchserve_starts_one_worker_per_core_by_itself(server):
+def test_torchserve_starts_one_worker_per_core_or_gpu_by_itself(server):
     # model-config.yaml sets no worker count, and nothing in the project computes one.
-    assert len(server.workers()) == len(os.sched_getaffinity(0))
+    import torch
+
+    quota = Path("/sys/fs/cgroup/cpu.max")
+    if quota.exists() and not quota.read_text().startswith("max"):
+        pytest.skip("a CPU quota: the JVM counts the quota, not the cores")
+    expected = torch.cuda.device_count() if torch.cuda.is_available() else len(os.sched_getaffinity(0))
+    assert len(server.workers()) == expected
 
 
 def test_workers_run_the_serving_code_the_archive_ships(server):
