@@ -69,6 +69,12 @@ bench: $(STAMP) $(VADER) $(WEIGHTS) ## in-process ceiling vs TorchServe defaults
 loadtest: $(STAMP) $(VADER) ## closed- and open-loop load against the running server (make run first)
 	$(BIN)/sentiment-loadtest $(ARGS)
 
+fuzz: $(STAMP) ## malformed requests mixed 1:1 with good ones against the running server: status histogram (ARGS=--requests N)
+	$(BIN)/sentiment-fuzz $(ARGS)
+
+soak: $(STAMP) $(VADER) ## 10 minutes at 80% of measured capacity against the running server (not in CI)
+	$(BIN)/sentiment-soak $(ARGS)
+
 stop: ## stop TorchServe and its workers
 	@if [ -x $(BIN)/sentiment-server ]; then $(BIN)/sentiment-server stop; fi
 

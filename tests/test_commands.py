@@ -17,6 +17,8 @@ COMMANDS = [
     "sentiment-import",
     "sentiment-bench",
     "sentiment-loadtest",
+    "sentiment-fuzz",
+    "sentiment-soak",
 ]
 
 

@@ -32,6 +32,10 @@ def test_config_properties_holds_no_per_model_settings():
     assert "models" not in PROPERTIES
 
 
+def test_workers_get_raw_bodies_for_the_handler_to_parse():
+    assert PROPERTIES["decode_input_request"] == "false"
+
+
 def test_per_model_settings_leave_the_worker_count_to_torchserve():
     settings = yaml.safe_load((PROJECT_DIR / MODEL_YAML).read_text())
     assert settings == {"batchSize": 8, "maxBatchDelay": 2, "responseTimeout": 3}

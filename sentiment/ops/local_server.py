@@ -146,8 +146,6 @@ class LocalServer:
             "METRICS_LOCATION": str(self.log_dir),
             "HF_HUB_OFFLINE": "1",
             "TRANSFORMERS_OFFLINE": "1",
-            # Workers get every body as bytes and the handler parses it, each request on its own.
-            "TS_DECODE_INPUT_REQUEST": "false",
             # The frontend reads the working directory's config too; pin it to ours.
             "TS_CONFIG_FILE": str(self.run_dir / "config.properties"),
         }

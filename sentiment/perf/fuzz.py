@@ -22,8 +22,7 @@ from dataclasses import dataclass, field
 
 from tqdm import tqdm
 
-from sentiment.ops.local_server import LocalServer
-from sentiment.perf.loadtest import Client
+from sentiment.perf.loadtest import Client, running_server
 from sentiment.project import DEFAULT_MODEL
 
 log = logging.getLogger(__name__)
@@ -159,12 +158,9 @@ def main() -> None:
     parser.add_argument("--model", default=DEFAULT_MODEL)
     args = parser.parse_args()
 
-    server = LocalServer()
-    if server.pid() is None:
-        raise SystemExit(f"TorchServe is not running from {server.run_dir}: is it running? (`make run`)")
+    server, url, headers = running_server(args.model)
     workers_before = {w["pid"] for w in server.workers(args.model)}
-    url = f"{server.url('inference')}/predictions/{args.model}"
-    report = fuzz(url, server.auth_header("inference"), args.requests, args.connections, args.seed, "FUZZ-CANARY")
+    report = fuzz(url, headers, args.requests, args.connections, args.seed, "FUZZ-CANARY")
     restarted = workers_before - {w["pid"] for w in server.workers(args.model)}
     log.info("\n%s\n", report.table())
     log.info("5xx: %d; workers restarted: %d", report.server_errors, len(restarted))

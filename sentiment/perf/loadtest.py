@@ -200,6 +200,24 @@ def print_table(results: list[LevelResult]) -> None:
     log.info("\n%s", "\n".join(lines))
 
 
+def running_server(model: str) -> tuple[LocalServer, str, dict[str, str]]:
+    """The running `make run` server, its prediction URL for `model` and the token header; exits
+    at once, saying why, when it does not answer a first request (not after minutes of failures)."""
+    server = LocalServer()
+    if server.pid() is None:
+        raise SystemExit(f"TorchServe is not running from {server.run_dir}: is it running? (`make run`)")
+    try:
+        server.workers(model)
+    except requests.RequestException as error:
+        raise SystemExit(f"TorchServe does not serve {model!r} at {server.url('management')}: {error}") from None
+    url = f"{server.url('inference')}/predictions/{model}"
+    headers = server.auth_header("inference")
+    status = Client(url, headers).post("a first request to check the server")
+    if status != 200:
+        raise SystemExit(f"a first request to {url} got HTTP {status or 'no answer'}; see `make status`")
+    return server, url, headers
+
+
 def main() -> None:
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -210,19 +228,8 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=REPORTS_DIR)
     args = parser.parse_args()
 
-    server = LocalServer()
-    if server.pid() is None:
-        raise SystemExit(f"TorchServe is not running from {server.run_dir}: is it running? (`make run`)")
-    try:
-        server.workers(args.model)
-    except requests.RequestException as error:
-        raise SystemExit(f"TorchServe does not serve {args.model!r} at {server.url('management')}: {error}") from None
-    url = f"{server.url('inference')}/predictions/{args.model}"
-    headers = server.auth_header("inference")
+    _, url, headers = running_server(args.model)
     sentences = review_sentences()
-    status = Client(url, headers).post(sentences[0])
-    if status != 200:  # fail now, not after minutes of failed requests and an empty plot
-        raise SystemExit(f"a first request to {url} got HTTP {status or 'no answer'}; see `make status`")
     results = [closed_loop(url, headers, sentences, c, args.seconds) for c in args.concurrency]
     results += [open_loop(url, headers, sentences, r, args.seconds) for r in args.rates]
     print_table(results)

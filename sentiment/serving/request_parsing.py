@@ -5,8 +5,8 @@ The contract: `POST` a body of `Content-Type: application/json` (`{"text": "..."
 the parsers is client input too: nesting depth, number size, unencodable characters each get a
 400 of their own, never an exception that would fail the other requests of the batch.
 
-TorchServe may hand the body over raw (bytes; the project's server sets TS_DECODE_INPUT_REQUEST=false)
-or already decoded (a str for text/*, the parsed value for JSON); both are read the same way.
+TorchServe may hand the body over raw (bytes: config.properties sets decode_input_request=false) or
+already decoded (a str for text/*, the parsed value for JSON); both are read the same way.
 """
 
 from __future__ import annotations

