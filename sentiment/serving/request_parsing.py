@@ -72,7 +72,7 @@ def _accepted_media_type(content_type: str | None) -> str:
     for parameter in parameters:
         name, _, value = parameter.partition("=")
         if name.strip() == "charset" and value.strip().strip('"') not in ("utf-8", "utf8"):
-            raise UnsupportedMediaType(f"charset {value.strip()!r} is not supported: bodies must be UTF-8")
+            raise UnsupportedMediaType(f"charset {value.strip()!r} is not supported: {EXAMPLE}")
     return media_type
 
 
