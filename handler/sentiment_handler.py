@@ -14,7 +14,7 @@ from pathlib import Path
 import sentiment.serving
 from sentiment.serving.classifier import Prediction, SentimentClassifier, choose_device
 from sentiment.serving.config import ModelConfig
-from sentiment.serving.request_parsing import EXAMPLE, InvalidRequest, UnprocessableText, extract_text
+from sentiment.serving.contract import EXAMPLE, InvalidRequest, ParsedRequest, UnprocessableText, parse_request, render
 
 log = logging.getLogger(__name__)
 
@@ -42,13 +42,14 @@ class SentimentHandler:
         self.classifier = SentimentClassifier(config, device).load()
         self.initialized = True
 
-    def preprocess(self, data: list, context) -> list[str | InvalidRequest]:
-        """One entry per request: its text, or the reason it cannot be classified."""
-        outcomes: list[str | InvalidRequest] = []
+    def preprocess(self, data: list, context) -> list[ParsedRequest | InvalidRequest]:
+        """One entry per request: its texts, or the reason it cannot be classified."""
+        config = self.classifier.config
+        outcomes: list[ParsedRequest | InvalidRequest] = []
         for idx, row in enumerate(data):
             try:
                 content_type = _content_type(context, idx, row)
-                outcomes.append(extract_text(row, content_type, self.classifier.config.max_text_chars))
+                outcomes.append(parse_request(row, content_type, config.max_text_chars, config.max_batch_texts))
             except InvalidRequest as error:
                 outcomes.append(error)
             except Exception as error:  # whatever one body does, it must not fail the others
@@ -56,38 +57,47 @@ class SentimentHandler:
                 outcomes.append(InvalidRequest(f"request could not be read ({type(error).__name__}): {EXAMPLE}"))
         return outcomes
 
-    def inference(self, texts: list[str]) -> list[Prediction | InvalidRequest]:
-        results = self.classifier.predict_isolated(texts)
-        return [
-            result
-            if isinstance(result, Prediction)
-            else UnprocessableText(f"the model could not classify this text ({type(result).__name__})")
-            for result in results
-        ]
+    def inference(self, texts: list[str]) -> list[Prediction | Exception]:
+        """Every text of every request of the batch together, in forward passes the token budget bounds."""
+        return self.classifier.predict_isolated(texts)
 
-    def postprocess(self, outcomes: list, results: list[Prediction | InvalidRequest], context) -> list[str]:
-        """One JSON body per request, in order: a prediction, or an error with its own status."""
+    def postprocess(self, outcomes: list, results: list[Prediction | Exception], context) -> list[str]:
+        """One JSON body per request, in order: its answer, or an error with its own status."""
         responses = []
         remaining = iter(results)
         for idx, outcome in enumerate(outcomes):
-            answer = next(remaining) if isinstance(outcome, str) else outcome
+            answer = outcome
+            if isinstance(outcome, ParsedRequest):
+                predictions = [next(remaining) for _ in outcome.texts]
+                answer = _failure(outcome, predictions) or render(
+                    outcome, [p.to_dict() for p in predictions], context.model_name, self.classifier.config.class_names
+                )
             context.set_response_content_type(idx, JSON)
             if isinstance(answer, InvalidRequest):
                 context.set_response_status(answer.status, HTTPStatus(answer.status).phrase, idx=idx)
-                responses.append(json.dumps({"error": str(answer)}))
-            else:
-                responses.append(json.dumps(answer.to_dict()))
+                answer = {"error": str(answer)}
+            responses.append(json.dumps(answer))
         return responses
 
     def handle(self, data: list, context) -> list[str]:
         outcomes = self.preprocess(data, context)
-        texts = [outcome for outcome in outcomes if isinstance(outcome, str)]
-        _count(context, batches=1, requests=len(outcomes), rejected=len(outcomes) - len(texts))
+        texts = [text for outcome in outcomes if isinstance(outcome, ParsedRequest) for text in outcome.texts]
+        accepted = sum(isinstance(outcome, ParsedRequest) for outcome in outcomes)
+        _count(context, batches=1, requests=len(outcomes), rejected=len(outcomes) - accepted, texts=len(texts))
         return self.postprocess(outcomes, self.inference(texts), context)
 
 
+def _failure(request: ParsedRequest, predictions: list) -> UnprocessableText | None:
+    """A 422 naming the first text of the request that the model failed on, if any."""
+    for i, prediction in enumerate(predictions):
+        if isinstance(prediction, Exception):
+            where = "" if request.form == "single" else f"text {i} of the request: "
+            return UnprocessableText(f"{where}the model could not classify this text ({type(prediction).__name__})")
+    return None
+
+
 def _count(context, **counters: int) -> None:
-    """Prometheus counters (Sentiment{Batches,Requests,Rejected}): requests/batches is the mean batch."""
+    """Prometheus counters (Sentiment{Batches,Requests,Rejected,Texts}): requests/batches is the mean batch."""
     if context.metrics is None:  # unit tests
         return
     for name, value in counters.items():

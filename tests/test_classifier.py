@@ -10,7 +10,7 @@ import torch
 from safetensors.torch import save_file
 
 from sentiment.project import DEFAULT_CONFIG
-from sentiment.serving.classifier import SentimentClassifier, weights_metadata
+from sentiment.serving.classifier import SentimentClassifier, forward_passes, weights_metadata
 from sentiment.serving.config import ConfigError, ModelConfig
 from tests.tiny_models import CLASS_NAMES, write_model_dir
 
@@ -235,3 +235,33 @@ def test_the_tiny_tokenizer_knows_its_words(classifier):
     ids = classifier.tokenizer("good bad movie")["input_ids"]
     assert classifier.tokenizer.unk_token_id not in ids
     assert len(set(ids)) == 5
+
+
+def test_forward_passes_sort_by_length_and_keep_each_pass_within_the_token_budget():
+    lengths = [5, 30, 6, 31, 7, 8, 120]
+    passes = forward_passes(lengths, token_budget=64)
+    assert sorted(i for group in passes for i in group) == list(range(len(lengths)))
+    for group in passes:
+        assert len(group) * max(lengths[i] for i in group) <= 64 or len(group) == 1
+    assert passes == [[0, 2, 4, 5], [1, 3], [6]]  # the 120-token text goes alone
+
+
+def test_a_small_token_budget_splits_the_forward_pass_without_changing_answers(tmp_path, tiny_bert_dir, classifier):
+    texts = ["good", "awful waste of time , bad phone", "love it", " ".join(["great"] * 12), "hate"]
+    budgeted = load(write_model_dir(tmp_path / "m", tiny_bert_dir, MAX_BATCH_TOKENS=16))
+    shapes = []
+    hook = budgeted.model.register_forward_hook(
+        lambda _m, args, kwargs, _out: shapes.append(tuple(kwargs["input_ids"].shape)), with_kwargs=True
+    )
+    try:
+        split = budgeted.predict(texts)
+    finally:
+        hook.remove()
+    assert len(shapes) > 1 and all(rows * width <= 16 or rows == 1 for rows, width in shapes)
+    for alone, together in zip(classifier.predict(texts), split, strict=True):
+        assert together.probabilities == pytest.approx(alone.probabilities, abs=1e-5)
+
+
+def test_the_token_budget_must_hold_one_text():
+    with pytest.raises(ConfigError, match="MAX_BATCH_TOKENS must be at least MAX_SEQUENCE_LEN \\(128\\)"):
+        ModelConfig(max_batch_tokens=64)

@@ -79,10 +79,37 @@ BAD = {
     "invalid JSON": (({"body": bytearray(b'{"text": ')}, JSON_TYPE), "not valid JSON"),
     "JSON array": (({"body": ["good"]}, JSON_TYPE), "must be an object, got an array"),
     "JSON number": (({"body": 5}, JSON_TYPE), "must be an object, got a number"),
-    "empty JSON object": (({"body": {}}, JSON_TYPE), 'no "text" field'),
+    "empty JSON object": (({"body": {}}, JSON_TYPE), "needs exactly one of"),
     "JSON string": (({"body": "good"}, JSON_TYPE), "must be an object, got a string"),
     "JSON null": (({"body": bytearray(b"null")}, "application/json; charset=utf-8"), "got null"),
-    "no text field": (({"body": {"review": "good"}}, JSON_TYPE), 'no "text" field'),
+    "no text field": (({"body": {"review": "good"}}, JSON_TYPE), "needs exactly one of .* got keys \\['review'\\]"),
+    "two forms": (({"body": {"text": "good", "texts": ["bad"]}}, JSON_TYPE), "got \\['text', 'texts'\\]"),
+    "texts item not a string": (
+        ({"body": {"texts": ["good", 5]}}, JSON_TYPE),
+        "texts\\[1\\] must be a string, got a number",
+    ),
+    "texts empty": (({"body": {"texts": []}}, JSON_TYPE), "texts must hold 1 to 64 texts. Given: 0"),
+    "texts over the limit": (
+        ({"body": {"texts": ["good"] * 65}}, JSON_TYPE),
+        "texts must hold 1 to 64 texts. Given: 65",
+    ),
+    "texts not a list": (({"body": {"texts": "good"}}, JSON_TYPE), "texts must be an array of texts, got a string"),
+    "texts item too long": (
+        ({"body": {"texts": ["good", "a" * 201]}}, JSON_TYPE),
+        "texts\\[1\\] must have at most 200",
+    ),
+    "v1 item blank": (
+        ({"body": {"instances": [{"text": "good"}, {"text": " "}]}}, JSON_TYPE),
+        "instances\\[1\\] is empty",
+    ),
+    "v2 not BYTES": (
+        ({"body": {"inputs": [{"name": "x", "datatype": "FP32", "shape": [1], "data": [1.0]}]}}, JSON_TYPE),
+        "datatype must be \"BYTES\", got 'FP32'",
+    ),
+    "v2 shape": (
+        ({"body": {"inputs": [{"name": "x", "datatype": "BYTES", "shape": [3], "data": ["good"]}]}}, JSON_TYPE),
+        "shape must be \\[1\\] for 1 texts, got \\[3\\]",
+    ),
     "text not a string": (({"body": {"text": ["good"]}}, JSON_TYPE), '"text" must be a string, got an array'),
     "empty text": (({"body": {"text": ""}}, JSON_TYPE), "empty or whitespace"),
     "whitespace text": (({"body": " \n\t "}, TEXT_TYPE), "empty or whitespace"),
@@ -172,3 +199,57 @@ def test_a_worker_runs_on_its_assigned_gpu_and_on_the_cpu_without_one():
     assert choose_device(1, cuda_available=True) == "cuda:1"
     assert choose_device(1, cuda_available=False) == "cpu"
     assert choose_device(None, cuda_available=True) == "cpu"
+
+
+BATCH = ["love the app", "awful waste of time", "easy schedule", "great phone , good app"]
+
+
+def test_a_batch_request_answers_each_text_in_order_as_singles_do(handler, model_dir):
+    singles = [body for _, body, _ in run(handler, model_dir, [({"body": {"text": t}}, JSON_TYPE) for t in BATCH])]
+    ((status, body, _),) = run(handler, model_dir, [({"body": {"texts": BATCH}}, JSON_TYPE)])
+    assert status == 200
+    assert [p["sentiment"] for p in body["predictions"]] == [s["sentiment"] for s in singles]
+    for batched, single in zip(body["predictions"], singles, strict=True):
+        assert batched["probabilities"] == pytest.approx(single["probabilities"], abs=1e-5)
+
+
+def test_kserve_v1_bodies_answer_predictions(handler, model_dir):
+    # The bodies of KServe's Hugging Face text-classification example.
+    v1 = {"instances": ["Hello, my dog is cute", "I am feeling sad"]}
+    v1_objects = {"instances": [{"text": "Hello, my dog is cute"}, {"text": "I am feeling sad"}]}
+    (first, second) = run(handler, model_dir, [({"body": v1}, JSON_TYPE), ({"body": v1_objects}, JSON_TYPE)])
+    assert first[0] == second[0] == 200
+    assert first[1] == second[1]
+    assert len(first[1]["predictions"]) == 2
+
+
+def test_kserve_v2_body_answers_output_tensors(handler, model_dir):
+    v2 = {
+        "id": "42",
+        "inputs": [{"name": "input-0", "shape": [2], "datatype": "BYTES", "data": ["Hello, my dog is cute", "sad"]}],
+    }
+    ((status, body, _),) = run(handler, model_dir, [({"body": v2}, JSON_TYPE)])
+    assert status == 200
+    assert body["model_name"] == "sentiment" and body["id"] == "42"
+    outputs = {o["name"]: o for o in body["outputs"]}
+    assert outputs["sentiment"]["shape"] == [2] and outputs["sentiment"]["datatype"] == "BYTES"
+    probabilities = outputs["probabilities"]
+    assert probabilities["shape"] == [2, 3] and len(probabilities["data"]) == 6
+    assert probabilities["parameters"]["class_names"] == "negative,neutral,positive"
+    assert sum(probabilities["data"][:3]) == pytest.approx(1.0, abs=1e-4)
+
+
+def test_every_form_in_one_torchserve_batch_shares_the_forward_passes(handler, model_dir):
+    requests = [
+        ({"body": {"texts": BATCH}}, JSON_TYPE),
+        ({"body": "great phone"}, TEXT_TYPE),
+        ({"body": {"instances": BATCH[:2]}}, JSON_TYPE),
+        ({"body": {"texts": ["good", 3]}}, JSON_TYPE),
+        ({"body": {"inputs": [{"name": "i", "datatype": "BYTES", "shape": [1], "data": ["bad"]}]}}, JSON_TYPE),
+    ]
+    calls = []
+    predict = handler.classifier.predict
+    handler.classifier.predict = lambda texts: calls.append(len(texts)) or predict(texts)
+    statuses = [status for status, _, _ in run(handler, model_dir, requests)]
+    assert statuses == [200, 200, 200, 400, 200]
+    assert calls == [4 + 1 + 2 + 1]  # one call for all the valid texts of the batch

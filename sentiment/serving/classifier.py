@@ -172,6 +172,19 @@ def with_precision(model, precision: str, device: str):
     return model.to(device=device, dtype=dtypes[precision])
 
 
+def forward_passes(lengths: list[int], token_budget: int) -> list[list[int]]:
+    """Indices of texts grouped into forward passes: shortest first, each pass holding at most
+    `token_budget` tokens once padded to its longest text (a text longer than the budget alone)."""
+    passes: list[list[int]] = []
+    current: list[int] = []
+    for i in sorted(range(len(lengths)), key=lengths.__getitem__):
+        if current and (len(current) + 1) * lengths[i] > token_budget:
+            passes.append(current)
+            current = []
+        current.append(i)
+    return [*passes, current] if current else passes
+
+
 class SentimentClassifier:
     """Tokenizes a batch in one call (padded to its longest text by default) and runs one forward pass."""
 
@@ -219,6 +232,8 @@ class SentimentClassifier:
         )
 
     def predict(self, texts: list[str]) -> list[Prediction]:
+        """One tokenizer call for all the texts, then forward passes of similar lengths that each
+        pad to their own longest text and hold at most MAX_BATCH_TOKENS padded tokens."""
         import torch
 
         if not texts:
@@ -226,10 +241,18 @@ class SentimentClassifier:
         batch = self.tokenize(texts)
         # A fast tokenizer keeps what truncation cut off: that is how a text knows it was cut.
         truncated = [bool(encoding.overflowing) for encoding in batch.encodings]
-        inputs = {name: tensor.to(self.device) for name, tensor in batch.items()}
-        with torch.inference_mode():
-            logits = self.model(**inputs).logits.float()
-        probabilities = torch.softmax(logits / self.temperature, dim=-1).cpu().tolist()
+        lengths = batch["attention_mask"].sum(dim=1).tolist()
+        if self.config.padding == "max_length":
+            lengths = [batch["input_ids"].shape[1]] * len(texts)
+        probabilities: list[list[float]] = [[]] * len(texts)
+        for group in forward_passes(lengths, self.config.max_batch_tokens):
+            # Padding sits on the right, so the group's rows cut at its longest text are its own batch.
+            width, rows = max(lengths[i] for i in group), torch.tensor(group)
+            inputs = {name: tensor[rows, :width].to(self.device) for name, tensor in batch.items()}
+            with torch.inference_mode():
+                logits = self.model(**inputs).logits.float()
+            for i, row in zip(group, torch.softmax(logits / self.temperature, dim=-1).cpu().tolist(), strict=True):
+                probabilities[i] = row
         return [self._prediction(row, cut) for row, cut in zip(probabilities, truncated, strict=True)]
 
     def predict_isolated(self, texts: list[str]) -> list[Prediction | Exception]:

@@ -58,6 +58,16 @@ class ModelConfig:
         maximum=4096,
     )
     max_text_chars: int = _setting(5000, "longer texts are refused with 400 before tokenization", minimum=1)
+    max_batch_texts: int = _setting(
+        64, "texts one request may carry (`texts`, KServe `instances` and `inputs`); more get 400", minimum=1
+    )
+    max_batch_tokens: int = _setting(
+        512,
+        "padded tokens per forward pass at most: the texts of a TorchServe batch are sorted by length and split "
+        "into passes that fit, so one large request cannot blow up memory. At least `MAX_SEQUENCE_LEN`. "
+        "On one CPU thread 256-512 ran fastest (2x 4096); a GPU wants far more",
+        minimum=8,
+    )
     precision: str = _setting(
         "auto",
         "`auto` is int8 on CPU and fp16 on GPU; `int8` quantizes the Linear layers dynamically, "
@@ -86,6 +96,11 @@ class ModelConfig:
     def __post_init__(self) -> None:
         for spec in dataclasses.fields(self):
             _check(spec, getattr(self, spec.name))
+        if self.max_batch_tokens < self.max_sequence_len:
+            raise ConfigError(
+                f"MAX_BATCH_TOKENS must be at least MAX_SEQUENCE_LEN ({self.max_sequence_len}): a text must fit a "
+                f"forward pass. Given: {self.max_batch_tokens}"
+            )
 
     @classmethod
     def json_keys(cls) -> dict[str, str]:
