@@ -3,10 +3,11 @@
   (a) ceiling   the model in-process at its best batch size, in the served precision
   (b) project   TorchServe with this project's defaults (config.json + config.properties)
   (c) tutorial  TorchServe the tutorial's way: batch size 1, every text padded to 160 tokens, fp32
+  (d) batches   TorchServe with the defaults, clients sending 32 texts per request ({"texts": [...]})
 
     sentiment-bench [--seconds 15] [--concurrency 16] [--variant NAME:KEY=VALUE,...]    # `make bench`
 
-Prints throughput, idle single-request latency and worker memory, the ratios b/c and b/a, and
+Prints throughput, idle single-request latency and worker memory, the ratios b/c, b/a and d/a, and
 writes reports/bench.json and reports/bench.md (the table the README shows). Each extra
 `--variant` is another TorchServe configuration measured the same way. A KEY is a config.json key
 (`--variant fp32:PRECISION=fp32`), a model-config.yaml setting (`--variant batch16:batchSize=16`,
@@ -38,6 +39,7 @@ log = logging.getLogger(__name__)
 # TorchServe's per-model settings (model-config.yaml) that a variant may change.
 MODEL_SETTINGS = {"minWorkers", "maxWorkers", "batchSize", "maxBatchDelay", "responseTimeout"}
 TUTORIAL = {"PRECISION": "fp32", "PADDING": "max_length", "MAX_SEQUENCE_LEN": 160, "batchSize": 1}
+BATCH_REQUEST_TEXTS = 32  # row (d): clients that send lists of texts, {"texts": [...]}
 
 
 @dataclass
@@ -88,7 +90,9 @@ def idle_latency_ms(server: LocalServer, sentences: list[str], n: int = 60) -> f
     return round(statistics.median(timings[5:]) * 1000, 1)
 
 
-def measure_server(tmp: Path, name: str, changes: dict, sentences, seconds: float, concurrency: int) -> Row:
+def measure_server(
+    tmp: Path, name: str, changes: dict, sentences, seconds: float, concurrency: int, texts_per_request: int = 1
+) -> Row:
     folder = Path(tempfile.mkdtemp(dir=tmp))
     config_keys = {k: v for k, v in changes.items() if k in ModelConfig.json_keys()}
     config = ModelConfig.from_file(DEFAULT_CONFIG).with_keys(**config_keys).write(folder / "config.json")
@@ -101,18 +105,22 @@ def measure_server(tmp: Path, name: str, changes: dict, sentences, seconds: floa
     try:
         latency = idle_latency_ms(server, sentences)
         url = f"{server.url('inference')}/predictions/sentiment"
-        closed_loop(url, server.auth_header("inference"), sentences, concurrency, 2)  # warm-up
-        result = closed_loop(url, server.auth_header("inference"), sentences, concurrency, seconds)
+        headers = server.auth_header("inference")
+        closed_loop(url, headers, sentences, concurrency, 2, texts_per_request)  # warm-up
+        result = closed_loop(url, headers, sentences, concurrency, seconds, texts_per_request)
         if result.errors:
             log.warning("%s: %d errors of %d requests", name, result.errors, result.requests)
         workers, rss = worker_rss_mb(server)
     finally:
         server.stop()
     described = ", ".join(f"{k}={v}" for k, v in changes.items()) or "defaults"
-    return Row(name, described, result.throughput, latency, workers, rss, result.generator_cpu_share)
+    if texts_per_request > 1:
+        described += f', {{"texts": [...]}} of {texts_per_request}'
+    texts_per_second = round(result.throughput * texts_per_request, 1)
+    return Row(name, described, texts_per_second, latency, workers, rss, result.generator_cpu_share)
 
 
-def markdown(rows: list[Row], a: Row, b: Row, c: Row, command: str) -> str:
+def markdown(rows: list[Row], a: Row, b: Row, c: Row, d: Row, command: str) -> str:
     lines = [
         "| configuration | settings | texts/s | idle p50 latency | workers x RSS each |",
         "|---|---|---:|---:|---:|",
@@ -124,7 +132,8 @@ def markdown(rows: list[Row], a: Row, b: Row, c: Row, command: str) -> str:
     lines.append("")
     lines.append(
         f"b/c = **{b.throughput / c.throughput:.1f}x** the tutorial's throughput; "
-        f"b/a = **{b.throughput / a.throughput:.0%}** of the in-process ceiling."
+        f"b/a = **{b.throughput / a.throughput:.0%}** of the in-process ceiling; "
+        f"d/a = **{d.throughput / a.throughput:.0%}** with {BATCH_REQUEST_TEXTS} texts per request."
     )
     lines.append(f"Produced by `{command}`.")
     return "\n".join(lines)
@@ -163,13 +172,16 @@ def main() -> None:
         tmp = Path(tmp)
         b = measure_server(tmp, "(b) TorchServe, project defaults", {}, sentences, args.seconds, args.concurrency)
         c = measure_server(tmp, "(c) TorchServe, tutorial way", TUTORIAL, sentences, args.seconds, args.concurrency)
+        d = measure_server(
+            tmp, "(d) TorchServe, batch requests", {}, sentences, args.seconds, args.concurrency, BATCH_REQUEST_TEXTS
+        )
         extra = [
             measure_server(tmp, f"variant {name}", changes, sentences, args.seconds, args.concurrency)
             for name, changes in map(parse_variant, args.variant)
         ]
-    rows = [a, b, c, *extra]
+    rows = [a, b, c, d, *extra]
     command = "make bench" + (" ARGS=..." if args.variant else "")
-    table = markdown(rows, a, b, c, command)
+    table = markdown(rows, a, b, c, d, command)
     log.info("\n%s\n", table)
     for r in rows[1:]:
         log.info("%s: load generator used %.0f%% of the machine", r.name, 100 * (r.generator_cpu_share or 0))
@@ -182,6 +194,7 @@ def main() -> None:
         "rows": [r.__dict__ for r in rows],
         "b_over_c": b.throughput / c.throughput,
         "b_over_a": b.throughput / a.throughput,
+        "d_over_a": d.throughput / a.throughput,
         "argv": sys.argv[1:],
     }
     (args.out / "bench.json").write_text(json.dumps(report, indent=2) + "\n")

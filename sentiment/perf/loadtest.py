@@ -103,8 +103,9 @@ def cpu_time() -> float:
     return times.user + times.system
 
 
-def closed_loop(url, headers, sentences, concurrency: int, seconds: float, max_requests: int = 100_000):
-    """`concurrency` clients, each sending back to back for `seconds`."""
+def closed_loop(url, headers, sentences, concurrency: int, seconds: float, texts_per_request: int = 1):
+    """`concurrency` clients, each sending back to back for `seconds`: one text per request as
+    text/plain, or batch requests ({"texts": [...]}) of `texts_per_request` texts."""
     latencies: list[float] = []
     statuses: list[int] = []
     lock = threading.Lock()
@@ -114,9 +115,13 @@ def closed_loop(url, headers, sentences, concurrency: int, seconds: float, max_r
     def client_loop(offset: int) -> None:
         client = Client(url, headers)
         i = offset
-        while time.monotonic() < deadline and len(statuses) < max_requests:
+        while time.monotonic() < deadline:
             started = time.perf_counter()
-            status = client.post(sentences[i % len(sentences)])
+            if texts_per_request == 1:
+                status = client.post(sentences[i % len(sentences)])
+            else:
+                texts = [sentences[(i * texts_per_request + k) % len(sentences)] for k in range(texts_per_request)]
+                status = client.send(json.dumps({"texts": texts}).encode(), "application/json")[0]
             elapsed = time.perf_counter() - started
             with lock:
                 latencies.append(elapsed)
