@@ -53,7 +53,7 @@ class Row:
     generator_cpu_share: float | None = None
 
 
-def ceiling(sentences: list[str], batch_sizes=(8, 16, 32, 64)) -> Row:
+def ceiling(sentences: list[str], batch_sizes=(8, 16, 32, 64, 256)) -> Row:
     import torch
 
     # The whole machine for one process: torch's default threads (every core), not the server's THREADS.

@@ -71,8 +71,10 @@ class LevelResult:
     throughput: float  # successful requests per second
     p50_ms: float
     p95_ms: float
-    p99_ms: float
+    p99_ms: float  # of the successful requests
     generator_cpu_share: float  # of the whole machine (all cores)
+    rejected: int = 0  # 503: the queue was full
+    rejected_p50_ms: float = float("nan")  # how fast a rejection came back
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -84,6 +86,7 @@ def percentile(values: list[float], q: float) -> float:
 
 def summarize(mode, level, latencies, statuses, seconds, cpu_seconds) -> LevelResult:
     ok = [lat for lat, status in zip(latencies, statuses, strict=True) if status == 200]
+    rejected = [lat for lat, status in zip(latencies, statuses, strict=True) if status == 503]
     return LevelResult(
         mode=mode,
         level=level,
@@ -95,6 +98,8 @@ def summarize(mode, level, latencies, statuses, seconds, cpu_seconds) -> LevelRe
         p95_ms=round(percentile(ok, 95) * 1000, 1),
         p99_ms=round(percentile(ok, 99) * 1000, 1),
         generator_cpu_share=round(cpu_seconds / seconds / (os.cpu_count() or 1), 3),
+        rejected=len(rejected),
+        rejected_p50_ms=round(percentile(rejected, 50) * 1000, 1),
     )
 
 
@@ -193,16 +198,36 @@ def plot(results: list[LevelResult], path: Path) -> None:
 
 def print_table(results: list[LevelResult]) -> None:
     header = (
-        f"{'mode':6s} {'level':>6s} {'req/s':>7s} {'p50 ms':>7s} {'p95 ms':>7s} {'p99 ms':>7s} "
-        f"{'errors':>6s} {'gen CPU':>7s}"
+        f"{'mode':8s} {'level':>6s} {'req/s':>7s} {'p50 ms':>7s} {'p95 ms':>7s} {'p99 ms':>7s} "
+        f"{'errors':>6s} {'503s':>6s} {'503 p50':>7s} {'gen CPU':>7s}"
     )
     lines = [header]
     for r in results:
         lines.append(
-            f"{r.mode:6s} {r.level:6g} {r.throughput:7.1f} {r.p50_ms:7.1f} {r.p95_ms:7.1f} "
-            f"{r.p99_ms:7.1f} {r.errors:6d} {r.generator_cpu_share:7.1%}"
+            f"{r.mode:8s} {r.level:6.0f} {r.throughput:7.1f} {r.p50_ms:7.1f} {r.p95_ms:7.1f} "
+            f"{r.p99_ms:7.1f} {r.errors:6d} {r.rejected:6d} {r.rejected_p50_ms:7.1f} {r.generator_cpu_share:7.1%}"
         )
     log.info("\n%s", "\n".join(lines))
+
+
+def recovery_seconds(url, headers, sentence: str, normal_ms: float, timeout: float = 30.0) -> float:
+    """After overload: seconds until five requests in a row answer 200 within twice `normal_ms`."""
+    client, started, streak = Client(url, headers), time.monotonic(), 0
+    while streak < 5:
+        if time.monotonic() - started > timeout:
+            return float("inf")
+        sent = time.perf_counter()
+        ok = client.post(sentence) == 200 and (time.perf_counter() - sent) * 1000 <= 2 * normal_ms
+        streak = streak + 1 if ok else 0
+        time.sleep(0.02)  # pacing of the probe requests, not a readiness wait
+    return round(time.monotonic() - started, 2)
+
+
+def overload(url, headers, sentences, capacity: float, seconds: float, normal_ms: float, factor: float = 3.0):
+    """Offer `factor` times the capacity: the accepted requests' latency, the rejections, the recovery."""
+    result = open_loop(url, headers, sentences, factor * capacity, seconds)
+    result.mode = "overload"
+    return result, recovery_seconds(url, headers, sentences[0], normal_ms)
 
 
 def running_server(model: str) -> tuple[LocalServer, str, dict[str, str]]:
@@ -229,6 +254,9 @@ def main() -> None:
     parser.add_argument("--concurrency", type=int, nargs="*", default=[1, 2, 4, 8, 16, 32])
     parser.add_argument("--rates", type=float, nargs="*", default=[25, 50, 100, 150, 200, 250, 300, 350])
     parser.add_argument("--seconds", type=float, default=10.0, help="per level")
+    parser.add_argument(
+        "--overload", type=float, default=3.0, help="a last level at this multiple of the capacity measured (0: none)"
+    )
     parser.add_argument("--model", default=DEFAULT_MODEL)
     parser.add_argument("--out", type=Path, default=REPORTS_DIR)
     args = parser.parse_args()
@@ -237,9 +265,25 @@ def main() -> None:
     sentences = review_sentences()
     results = [closed_loop(url, headers, sentences, c, args.seconds) for c in args.concurrency]
     results += [open_loop(url, headers, sentences, r, args.seconds) for r in args.rates]
+    report = {"url": url, "seconds_per_level": args.seconds}
+    if args.overload:
+        capacity = max(r.throughput for r in results)
+        at_capacity = max((r for r in results if r.mode == "closed"), key=lambda r: r.throughput)
+        normal_ms = next(r.p50_ms for r in results if r.mode == "closed" and r.level == min(args.concurrency))
+        over, recovery = overload(url, headers, sentences, capacity, args.seconds, normal_ms, args.overload)
+        results.append(over)
+        report["overload"] = {
+            "offered": over.level,
+            "accepted_p99_ms": over.p99_ms,
+            "p99_at_capacity_ms": at_capacity.p99_ms,
+            "rejected_share": round(over.rejected / max(over.requests, 1), 3),
+            "rejected_p50_ms": over.rejected_p50_ms,
+            "recovery_seconds": recovery,
+        }
+        log.info("overload at %.0f req/s: %s", over.level, report["overload"])
     print_table(results)
     args.out.mkdir(parents=True, exist_ok=True)
-    report = {"url": url, "seconds_per_level": args.seconds, "results": [asdict(r) for r in results]}
+    report["results"] = [asdict(r) for r in results]
     (args.out / "loadtest.json").write_text(json.dumps(report, indent=2) + "\n")
     plot(results, args.out / "loadtest.png")
     log.info("wrote %s and %s", args.out / "loadtest.json", args.out / "loadtest.png")

@@ -208,6 +208,10 @@ class SentimentClassifier:
         self.temperature = float(metadata.get(TEMPERATURE_KEY, 1.0))
         if self.config.threads:
             torch.set_num_threads(self.config.threads)
+        if self.device.startswith("cuda"):
+            # cuDNN's attention plans each (batch, length) shape on first sight: on an H200, fp16's
+            # first pass ran 2-3x slower than its warm one with it, and as fast without (README, GPU).
+            torch.backends.cuda.enable_cudnn_sdp(False)
         self.precision = resolve_precision(self.config.precision, self.device)
         self.model = with_precision(model.eval(), self.precision, self.device)
         log.info(
