@@ -14,7 +14,15 @@ from pathlib import Path
 import sentiment.serving
 from sentiment.serving.classifier import Prediction, SentimentClassifier, choose_device
 from sentiment.serving.config import ModelConfig
-from sentiment.serving.contract import EXAMPLE, InvalidRequest, ParsedRequest, UnprocessableText, parse_request, render
+from sentiment.serving.contract import (
+    EXAMPLE,
+    InvalidRequest,
+    ParsedRequest,
+    UnprocessableText,
+    parse_explanation_request,
+    parse_request,
+    render,
+)
 
 log = logging.getLogger(__name__)
 
@@ -49,7 +57,10 @@ class SentimentHandler:
         for idx, row in enumerate(data):
             try:
                 content_type = _content_type(context, idx, row)
-                outcomes.append(parse_request(row, content_type, config.max_text_chars, config.max_batch_texts))
+                if context.get_request_header(idx, "explain") == "True":  # POST /explanations/...
+                    outcomes.append(parse_explanation_request(row, content_type, config))
+                else:
+                    outcomes.append(parse_request(row, content_type, config.max_text_chars, config.max_batch_texts))
             except InvalidRequest as error:
                 outcomes.append(error)
             except Exception as error:  # whatever one body does, it must not fail the others
@@ -57,18 +68,27 @@ class SentimentHandler:
                 outcomes.append(InvalidRequest(f"request could not be read ({type(error).__name__}): {EXAMPLE}"))
         return outcomes
 
-    def inference(self, texts: list[str]) -> list[Prediction | Exception]:
-        """Every text of every request of the batch together, in forward passes the token budget bounds."""
-        return self.classifier.predict_isolated(texts)
+    def inference(self, texts: list[str], explain: list[str] | None = None) -> list[Prediction | Exception]:
+        """Every text of every request of the batch together, in forward passes the token budget bounds;
+        then the texts to explain, each with its word-by-word variants."""
+        results = self.classifier.predict_isolated(texts)
+        if explain:
+            try:
+                results += self.classifier.explain(explain)
+            except Exception as error:  # the explanations fail together, the predictions do not
+                log.warning("explaining %d texts failed: %s", len(explain), type(error).__name__)
+                results += [error] * len(explain)
+        return results
 
     def postprocess(self, outcomes: list, results: list[Prediction | Exception], context) -> list[str]:
         """One JSON body per request, in order: its answer, or an error with its own status."""
         responses = []
         remaining = iter(results)
+        explained = iter(results[len(results) - sum(len(o.texts) for o in outcomes if _explains(o)) :])
         for idx, outcome in enumerate(outcomes):
             answer = outcome
             if isinstance(outcome, ParsedRequest):
-                predictions = [next(remaining) for _ in outcome.texts]
+                predictions = [next(explained if outcome.explain else remaining) for _ in outcome.texts]
                 answer = _failure(outcome, predictions) or render(
                     outcome, [p.to_dict() for p in predictions], context.model_name, self.classifier.config.class_names
                 )
@@ -81,10 +101,15 @@ class SentimentHandler:
 
     def handle(self, data: list, context) -> list[str]:
         outcomes = self.preprocess(data, context)
-        texts = [text for outcome in outcomes if isinstance(outcome, ParsedRequest) for text in outcome.texts]
+        texts = [t for o in outcomes if isinstance(o, ParsedRequest) and not o.explain for t in o.texts]
+        explain = [t for o in outcomes if _explains(o) for t in o.texts]
         accepted = sum(isinstance(outcome, ParsedRequest) for outcome in outcomes)
         _count(context, batches=1, requests=len(outcomes), rejected=len(outcomes) - accepted, texts=len(texts))
-        return self.postprocess(outcomes, self.inference(texts), context)
+        return self.postprocess(outcomes, self.inference(texts, explain), context)
+
+
+def _explains(outcome) -> bool:
+    return isinstance(outcome, ParsedRequest) and outcome.explain
 
 
 def _failure(request: ParsedRequest, predictions: list) -> UnprocessableText | None:

@@ -265,3 +265,13 @@ def test_a_small_token_budget_splits_the_forward_pass_without_changing_answers(t
 def test_the_token_budget_must_hold_one_text():
     with pytest.raises(ConfigError, match="MAX_BATCH_TOKENS must be at least MAX_SEQUENCE_LEN \\(128\\)"):
         ModelConfig(max_batch_tokens=64)
+
+
+def test_an_explanation_scores_each_word_by_what_leaving_it_out_costs_the_prediction(classifier):
+    (explanation,) = classifier.explain(["love the app"])
+    (alone,) = classifier.predict(["love the app"])
+    assert explanation.sentiment == alone.sentiment
+    assert [a["word"] for a in explanation.attributions] == ["love", "the", "app"]
+    (without_love,) = classifier.predict(["the app"])
+    expected = alone.confidence - without_love.probabilities[alone.sentiment]
+    assert explanation.attributions[0]["score"] == pytest.approx(expected, abs=1e-5)

@@ -29,12 +29,16 @@ JSON_TYPE = "application/json"
 TEXT_TYPE = "text/plain"
 
 
-def make_context(model_dir, content_types):
-    """A Context as TorchServe builds it for a batch: one RequestProcessor per request."""
+def make_context(model_dir, content_types, explain=()):
+    """A Context as TorchServe builds it for a batch: one RequestProcessor per request; TorchServe
+    marks a request to /explanations with the header explain: True."""
     context = Context("sentiment", str(model_dir), {}, len(content_types), None, "0.12.0")
     context.request_processor = [
-        RequestProcessor({"body": {"content-type": ctype}, "Content-Type": ctype} if ctype else {})
-        for ctype in content_types
+        RequestProcessor(
+            ({"body": {"content-type": ctype}, "Content-Type": ctype} if ctype else {})
+            | ({"explain": "True"} if i in explain else {})
+        )
+        for i, ctype in enumerate(content_types)
     ]
     return context
 
@@ -46,9 +50,9 @@ def handler(model_dir):
     return handler
 
 
-def run(handler, model_dir, requests):
+def run(handler, model_dir, requests, explain=()):
     """requests: (row, content type) pairs; returns (status, parsed body, content type) per request."""
-    context = make_context(model_dir, [ctype for _, ctype in requests])
+    context = make_context(model_dir, [ctype for _, ctype in requests], explain)
     bodies = handler.handle([row for row, _ in requests], context)
     assert len(bodies) == len(requests)
     return [
@@ -253,3 +257,22 @@ def test_every_form_in_one_torchserve_batch_shares_the_forward_passes(handler, m
     statuses = [status for status, _, _ in run(handler, model_dir, requests)]
     assert statuses == [200, 200, 200, 400, 200]
     assert calls == [4 + 1 + 2 + 1]  # one call for all the valid texts of the batch
+
+
+def test_explanations_and_predictions_in_one_batch_each_get_their_own_answer(handler, model_dir):
+    requests = [
+        ({"body": {"text": "awful waste of time"}}, JSON_TYPE),
+        ({"body": {"text": "awful waste of time"}}, JSON_TYPE),
+        ({"body": {"texts": ["love the app", "bad phone"]}}, JSON_TYPE),
+        ({"body": {"text": " ".join(["a"] * 65)}}, JSON_TYPE),
+        ({"body": {"texts": ["good"] * 9}}, JSON_TYPE),
+    ]
+    results = run(handler, model_dir, requests, explain={1, 2, 3, 4})
+    assert [status for status, _, _ in results] == [200, 200, 200, 400, 400]
+    prediction, explanation = results[0][1], results[1][1]
+    assert "attributions" not in prediction
+    assert [a["word"] for a in explanation["attributions"]] == ["awful", "waste", "of", "time"]
+    assert explanation["sentiment"] == prediction["sentiment"]
+    assert [len(p["attributions"]) for p in results[2][1]["predictions"]] == [3, 2]
+    assert "at most 64 words to explain. Given: 65" in results[3][1]["error"]
+    assert "1 to 8 texts. Given: 9" in results[4][1]["error"]

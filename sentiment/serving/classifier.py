@@ -46,6 +46,13 @@ class Prediction:
         return dataclasses.asdict(self)
 
 
+@dataclass(frozen=True)
+class Explanation(Prediction):
+    # Per whitespace-separated word, in order: how much the predicted class's probability drops
+    # when the word is left out (occlusion). Positive: the word speaks for the prediction.
+    attributions: list[dict[str, Any]] = dataclasses.field(default_factory=list)
+
+
 def _mean_pooling_classifier_class():
     """BertForSequenceClassification whose head reads the mean of the text's token vectors.
 
@@ -273,6 +280,28 @@ class SentimentClassifier:
                 return [error]
             half = len(texts) // 2
             return self.predict_isolated(texts[:half]) + self.predict_isolated(texts[half:])
+
+    def explain(self, texts: list[str]) -> list[Explanation]:
+        """Each text's prediction with an attribution per word, by occlusion: the text is predicted
+        again without each word, all variants of all texts in the same budgeted forward passes."""
+        words = [text.split() for text in texts]
+        variants = [
+            variant
+            for text, text_words in zip(texts, words, strict=True)
+            for variant in (text, *(" ".join(text_words[:i] + text_words[i + 1 :]) for i in range(len(text_words))))
+        ]
+        # A text of one word without that word is empty: the tokenizer gives [CLS] [SEP], which is fine.
+        predictions = iter(self.predict(variants))
+        explanations = []
+        for text_words in words:
+            full = next(predictions)
+            without = [next(predictions) for _ in text_words]
+            scores = [full.confidence - p.probabilities[full.sentiment] for p in without]
+            attributions = [
+                {"word": word, "score": round(score, 6)} for word, score in zip(text_words, scores, strict=True)
+            ]
+            explanations.append(Explanation(**dataclasses.asdict(full), attributions=attributions))
+        return explanations
 
     def _prediction(self, probabilities: list[float], truncated: bool) -> Prediction:
         best = max(range(len(probabilities)), key=probabilities.__getitem__)

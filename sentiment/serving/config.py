@@ -68,6 +68,12 @@ class ModelConfig:
         "On one CPU thread 256-512 ran fastest (2x 4096); a GPU wants far more",
         minimum=8,
     )
+    explain_max_texts: int = _setting(8, "texts one explanation request may carry; more get 400", minimum=1)
+    explain_max_words: int = _setting(
+        64,
+        "words per text an explanation takes (each word costs one more text through the model); more get 400",
+        minimum=1,
+    )
     precision: str = _setting(
         "auto",
         "`auto` is int8 on CPU and fp16 on GPU; `int8` quantizes the Linear layers dynamically, "

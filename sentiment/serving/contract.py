@@ -20,6 +20,7 @@ already decoded (a str for text/*, the parsed value for JSON); both are read the
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from dataclasses import dataclass
 from typing import Any
@@ -52,6 +53,20 @@ class ParsedRequest:
     form: str  # "single", "batch", "v1" or "v2": how to answer
     input_name: str | None = None  # v2: the input tensor's name
     request_id: str | None = None  # v2: echoed in the answer
+    explain: bool = False  # POST /explanations: attributions per word as well
+
+
+def parse_explanation_request(row: Any, content_type: str | None, config) -> ParsedRequest:
+    """An explanation request: the same bodies, within the explanation limits of `config`."""
+    request = parse_request(row, content_type, config.max_text_chars, config.explain_max_texts)
+    for i, text in enumerate(request.texts):
+        words = len(text.split())
+        if words > config.explain_max_words:
+            field = "text" if request.form == "single" else f"text {i}"
+            raise InvalidRequest(
+                f"{field} must have at most {config.explain_max_words} words to explain. Given: {words}"
+            )
+    return dataclasses.replace(request, explain=True)
 
 
 def parse_request(row: Any, content_type: str | None, max_chars: int, max_texts: int) -> ParsedRequest:
@@ -110,6 +125,7 @@ def render(request: ParsedRequest, predictions: list[dict], model_name: str, cla
         return predictions[0]
     if request.form in ("batch", "v1"):
         return {"predictions": predictions}
+    explained = [{"attributions": p.pop("attributions")} for p in predictions if "attributions" in p]
     n = len(predictions)
     outputs = [
         {"name": "sentiment", "datatype": "BYTES", "shape": [n], "data": [p["sentiment"] for p in predictions]},
@@ -123,6 +139,9 @@ def render(request: ParsedRequest, predictions: list[dict], model_name: str, cla
         },
         {"name": "truncated", "datatype": "BOOL", "shape": [n], "data": [p["truncated"] for p in predictions]},
     ]
+    if explained:  # ragged per text: one JSON list of {word, score} per text
+        data = [json.dumps(e["attributions"]) for e in explained]
+        outputs.append({"name": "attributions", "datatype": "BYTES", "shape": [n], "data": data})
     return {"model_name": model_name, "id": request.request_id, "outputs": outputs}
 
 

@@ -313,3 +313,26 @@ def test_every_form_mixed_in_one_burst_is_answered_correctly(server):
         expected = {NEGATIVE: "negative", POSITIVE: "positive"}
         texts = [t for t in (NEGATIVE, POSITIVE) if t.encode() in body or json.dumps(t).encode() in body]
         assert labels == [expected[t] for t in texts]
+
+
+@pytest.mark.parametrize(
+    ("text", "carrier"),
+    [
+        ("This app is a total waste of time!", "waste"),
+        ("I love this phone.", "love"),
+        ("The food was terrible.", "terrible."),
+        ("What a wonderful day at the beach", "wonderful"),
+    ],
+)
+def test_explanations_give_the_words_that_carry_the_sentiment_the_largest_attributions(server, text, carrier):
+    response = requests.post(
+        f"{server.url('inference')}/explanations/sentiment",
+        json={"text": text},
+        headers=server.auth_header("inference"),
+        timeout=30,
+    )
+    assert response.status_code == 200, response.text
+    body = response.json()
+    top = max(body["attributions"], key=lambda a: a["score"])
+    assert top["word"] == carrier, body["attributions"]
+    assert body["sentiment"] == predict(server, text.encode(), "text/plain").json()["sentiment"]
