@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import pytest
-import requests
 
 from sentiment.ops.archive import build
 from sentiment.ops.local_server import LocalServer
 from sentiment.serving.classifier import SentimentClassifier
 from sentiment.serving.config import ModelConfig
 from sentiment.training.import_checkpoint import import_checkpoint
+from tests.integration.conftest import ask
 from tests.tiny_models import save_hf_checkpoint, save_tiny_bert, save_tutorial_checkpoint
 
 pytestmark = pytest.mark.integration
@@ -36,20 +36,10 @@ def test_own_checkpoint_serves_beside_the_default_under_its_own_name(tmp_path, d
     server = LocalServer.on_free_ports(tmp_path / "run", store, models=("sentiment", "model"))
     server.start(timeout=180)
     try:
-        default = requests.post(
-            f"{server.url('inference')}/predictions/sentiment",
-            json={"text": "This app is a total waste of time!"},
-            headers=server.auth_header("inference"),
-            timeout=30,
-        )
+        default = ask(server, "This app is a total waste of time!")
         assert default.json()["sentiment"] == "negative"  # the default model, untouched, beside it
         for text, prediction in zip(TEXTS, expected, strict=True):
-            response = requests.post(
-                f"{server.url('inference')}/predictions/model",
-                json={"text": text},
-                headers=server.auth_header("inference"),
-                timeout=30,
-            )
+            response = ask(server, text, model="model")
             assert response.status_code == 200, response.text
             body = response.json()
             assert body["sentiment"] == prediction.sentiment

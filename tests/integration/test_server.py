@@ -15,7 +15,7 @@ import requests
 from sentiment.project import DEFAULT_CONFIG, PROJECT_DIR
 from sentiment.serving.classifier import SentimentClassifier
 from sentiment.serving.config import ModelConfig
-from tests.integration.conftest import metric_total
+from tests.integration.conftest import ask, metric_total
 
 pytestmark = pytest.mark.integration
 
@@ -325,12 +325,7 @@ def test_every_form_mixed_in_one_burst_is_answered_correctly(server):
     ],
 )
 def test_explanations_give_the_words_that_carry_the_sentiment_the_largest_attributions(server, text, carrier):
-    response = requests.post(
-        f"{server.url('inference')}/explanations/sentiment",
-        json={"text": text},
-        headers=server.auth_header("inference"),
-        timeout=30,
-    )
+    response = ask(server, text, endpoint="explanations")
     assert response.status_code == 200, response.text
     body = response.json()
     top = max(body["attributions"], key=lambda a: a["score"])
