@@ -12,12 +12,13 @@ from http import HTTPStatus
 from pathlib import Path
 
 import sentiment.serving
-from sentiment.serving.classifier import Prediction, SentimentClassifier, choose_device
+from sentiment.serving.classifier import SentimentClassifier, choose_device
 from sentiment.serving.config import ModelConfig
 from sentiment.serving.contract import (
     EXAMPLE,
     InvalidRequest,
     ParsedRequest,
+    ServerBusy,
     UnprocessableText,
     parse_explanation_request,
     parse_request,
@@ -66,50 +67,66 @@ class SentimentHandler:
             except Exception as error:  # whatever one body does, it must not fail the others
                 log.warning("request %d of the batch could not be read: %s", idx, type(error).__name__)
                 outcomes.append(InvalidRequest(f"request could not be read ({type(error).__name__}): {EXAMPLE}"))
-        return outcomes
+        return self._admit(outcomes)
 
-    def inference(self, texts: list[str], explain: list[str] | None = None) -> list[Prediction | Exception]:
-        """Every text of every request of the batch together, in forward passes the token budget bounds;
-        then the texts to explain, each with its word-by-word variants."""
-        results = self.classifier.predict_isolated(texts)
-        if explain:
-            try:
-                results += self.classifier.explain(explain)
-            except Exception as error:  # the explanations fail together, the predictions do not
-                log.warning("explaining %d texts failed: %s", len(explain), type(error).__name__)
-                results += [error] * len(explain)
-        return results
+    def _admit(self, outcomes: list) -> list:
+        """The requests, in arrival order, while the batch's estimated work fits MAX_HANDLE_TOKENS; the
+        rest get 503, so that no batch runs near responseTimeout (which would fail all of it)."""
+        config, spent = self.classifier.config, 0
+        admitted = []
+        for outcome in outcomes:
+            if isinstance(outcome, ParsedRequest):
+                cost = outcome.estimated_tokens(config.max_sequence_len)
+                if spent and spent + cost > config.max_handle_tokens:
+                    outcome = ServerBusy(
+                        f"the server is busy: this batch already carries {spent} of its {config.max_handle_tokens} "
+                        f"tokens of work and this request needs {cost}; retry in a second"
+                    )
+                else:
+                    spent += cost
+            admitted.append(outcome)
+        return admitted
 
-    def postprocess(self, outcomes: list, results: list[Prediction | Exception], context) -> list[str]:
+    def inference(self, texts: list[str], explain: list[str]) -> tuple[list, list]:
+        """Every text of every request of the batch together, in forward passes the token budget
+        bounds; then the texts to explain. A text the model fails on fails alone (an exception in
+        its place), unless every text fails: that is the server's fault, and the batch fails."""
+        predictions = self.classifier.predict_isolated(texts)
+        explanations = self.classifier.explain(explain)
+        results = predictions + explanations
+        if len(results) > 1 and all(isinstance(result, Exception) for result in results):
+            raise results[0]
+        return predictions, explanations
+
+    def postprocess(self, outcomes: list, results: tuple[list, list], context) -> list[str]:
         """One JSON body per request, in order: its answer, or an error with its own status."""
+        predictions, explanations = (iter(part) for part in results)
         responses = []
-        remaining = iter(results)
-        explained = iter(results[len(results) - sum(len(o.texts) for o in outcomes if _explains(o)) :])
         for idx, outcome in enumerate(outcomes):
             answer = outcome
             if isinstance(outcome, ParsedRequest):
-                predictions = [next(explained if outcome.explain else remaining) for _ in outcome.texts]
-                answer = _failure(outcome, predictions) or render(
-                    outcome, [p.to_dict() for p in predictions], context.model_name, self.classifier.config.class_names
+                source = explanations if outcome.explain else predictions
+                answers = [next(source) for _ in outcome.texts]
+                answer = _failure(outcome, answers) or render(
+                    outcome, [a.to_dict() for a in answers], context.model_name, self.classifier.config.class_names
                 )
             context.set_response_content_type(idx, JSON)
             if isinstance(answer, InvalidRequest):
                 context.set_response_status(answer.status, HTTPStatus(answer.status).phrase, idx=idx)
+                if isinstance(answer, ServerBusy):
+                    context.set_response_header(idx, "Retry-After", "1")
                 answer = {"error": str(answer)}
             responses.append(json.dumps(answer))
         return responses
 
     def handle(self, data: list, context) -> list[str]:
         outcomes = self.preprocess(data, context)
-        texts = [t for o in outcomes if isinstance(o, ParsedRequest) and not o.explain for t in o.texts]
-        explain = [t for o in outcomes if _explains(o) for t in o.texts]
-        accepted = sum(isinstance(outcome, ParsedRequest) for outcome in outcomes)
-        _count(context, batches=1, requests=len(outcomes), rejected=len(outcomes) - accepted, texts=len(texts))
+        accepted = [outcome for outcome in outcomes if isinstance(outcome, ParsedRequest)]
+        texts = [text for request in accepted if not request.explain for text in request.texts]
+        explain = [text for request in accepted if request.explain for text in request.texts]
+        rejected = len(outcomes) - len(accepted)
+        _count(context, batches=1, requests=len(outcomes), rejected=rejected, texts=len(texts) + len(explain))
         return self.postprocess(outcomes, self.inference(texts, explain), context)
-
-
-def _explains(outcome) -> bool:
-    return isinstance(outcome, ParsedRequest) and outcome.explain
 
 
 def _failure(request: ParsedRequest, predictions: list) -> UnprocessableText | None:

@@ -126,7 +126,7 @@ def test_relative_paths_are_read_from_the_config_folder(model_dir):
 
 
 def test_max_sequence_len_beyond_the_position_limit_is_refused_at_load(tmp_path, tiny_bert_dir):
-    model_dir = write_model_dir(tmp_path / "m", tiny_bert_dir, MAX_SEQUENCE_LEN=512)
+    model_dir = write_model_dir(tmp_path / "m", tiny_bert_dir, MAX_SEQUENCE_LEN=512, MAX_HANDLE_TOKENS=64 * 512)
     with pytest.raises(ConfigError, match="exceeds the model's limit of 64"):
         load(model_dir)
 

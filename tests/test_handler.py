@@ -264,8 +264,8 @@ def test_explanations_and_predictions_in_one_batch_each_get_their_own_answer(han
         ({"body": {"text": "awful waste of time"}}, JSON_TYPE),
         ({"body": {"text": "awful waste of time"}}, JSON_TYPE),
         ({"body": {"texts": ["love the app", "bad phone"]}}, JSON_TYPE),
-        ({"body": {"text": " ".join(["a"] * 65)}}, JSON_TYPE),
-        ({"body": {"texts": ["good"] * 9}}, JSON_TYPE),
+        ({"body": {"text": " ".join(["a"] * 33)}}, JSON_TYPE),
+        ({"body": {"texts": ["good"] * 3}}, JSON_TYPE),
     ]
     results = run(handler, model_dir, requests, explain={1, 2, 3, 4})
     assert [status for status, _, _ in results] == [200, 200, 200, 400, 400]
@@ -274,5 +274,31 @@ def test_explanations_and_predictions_in_one_batch_each_get_their_own_answer(han
     assert [a["word"] for a in explanation["attributions"]] == ["awful", "waste", "of", "time"]
     assert explanation["sentiment"] == prediction["sentiment"]
     assert [len(p["attributions"]) for p in results[2][1]["predictions"]] == [3, 2]
-    assert "at most 64 words to explain. Given: 65" in results[3][1]["error"]
-    assert "1 to 8 texts. Given: 9" in results[4][1]["error"]
+    assert "at most 32 words to explain. Given: 33" in results[3][1]["error"]
+    assert "1 to 2 texts. Given: 3" in results[4][1]["error"]
+
+
+def test_requests_beyond_the_batch_s_work_budget_get_503_with_retry_after(tmp_path, tiny_bert_dir):
+    from tests.tiny_models import write_model_dir
+
+    # 64 texts x 16 tokens: the smallest budget the config allows holds one full request.
+    model_dir = write_model_dir(tmp_path / "m", tiny_bert_dir, MAX_HANDLE_TOKENS=64 * 16)
+    busy = SentimentHandler()
+    busy.initialize(make_context(model_dir, []))
+    full = ({"body": {"texts": ["good bad movie phone app time " * 3] * 64}}, JSON_TYPE)  # 64 x 16 tokens
+    nearly_full = ({"body": {"texts": ["good bad movie phone app time " * 3] * 63}}, JSON_TYPE)
+    requests = [nearly_full, ({"body": {"text": "good"}}, JSON_TYPE), full]
+    context = make_context(model_dir, [ctype for _, ctype in requests])
+    bodies = busy.handle([row for row, _ in requests], context)
+    assert [context.get_response_status(i)[0] or 200 for i in range(3)] == [200, 200, 503]
+    assert context.get_response_headers(2)["Retry-After"] == "1"
+    assert "the server is busy" in json.loads(bodies[2])["error"]
+
+
+def test_when_every_text_fails_the_batch_fails_as_a_server_error(handler, model_dir, monkeypatch):
+    def broken(texts):
+        raise RuntimeError("out of memory")
+
+    monkeypatch.setattr(handler.classifier, "predict", broken)
+    with pytest.raises(RuntimeError, match="out of memory"):
+        run(handler, model_dir, GOOD)

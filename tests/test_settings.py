@@ -32,10 +32,6 @@ def test_config_properties_holds_no_per_model_settings():
     assert "models" not in PROPERTIES
 
 
-def test_a_short_queue_refuses_overload_quickly_instead_of_queueing_it():
-    assert int(PROPERTIES["job_queue_size"]) == 24
-
-
 def test_workers_get_raw_bodies_for_the_handler_to_parse():
     assert PROPERTIES["decode_input_request"] == "false"
 

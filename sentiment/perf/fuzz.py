@@ -43,16 +43,20 @@ class Case:
     body: bytes
     content_type: str | None
     allowed: tuple[int, ...]  # the statuses the contract allows
-    sentiment: str | None = None  # good requests: the expected answer
+    sentiment: str | tuple[str, ...] | None = None  # good requests: the expected answer(s)
     method: str = "POST"
     query: str = ""
 
 
 def good_case(rng: random.Random) -> Case:
-    text = rng.choice(list(GOOD))
-    if rng.random() < 0.5:
+    text, draw = rng.choice(list(GOOD)), rng.random()
+    if draw < 0.4:
         return Case("good JSON", json.dumps({"text": text}).encode(), JSON_TYPE, (200,), GOOD[text])
-    return Case("good text/plain", text.encode(), TEXT_TYPE, (200,), GOOD[text])
+    if draw < 0.8:
+        return Case("good text/plain", text.encode(), TEXT_TYPE, (200,), GOOD[text])
+    texts = rng.sample(list(GOOD), 3)
+    body = json.dumps({"texts": texts}).encode()
+    return Case("good batch", body, JSON_TYPE, (200,), tuple(GOOD[t] for t in texts))
 
 
 def malformed_case(rng: random.Random, marker: str, max_chars: int = 5000) -> Case:
@@ -90,6 +94,30 @@ def malformed_case(rng: random.Random, marker: str, max_chars: int = 5000) -> Ca
         "foreign charset": lambda: (words.encode("utf-8"), "text/plain; charset=latin-1", (415,)),
         "random bytes": lambda: (rng.randbytes(rng.randint(1, 300)), JSON_TYPE, (400,)),
         "text in the query string": lambda: (b"", TEXT_TYPE, (400,)),
+        "batch with a bad item": lambda: (
+            json.dumps({"texts": [words, rng.choice([5, None, "", [words]])]}).encode(),
+            JSON_TYPE,
+            (400,),
+        ),
+        "batch over the limit": lambda: (
+            json.dumps({"texts": [words] * rng.randint(65, 500)}).encode(),
+            JSON_TYPE,
+            (400,),
+        ),
+        "KServe v2 malformed": lambda: (
+            json.dumps(
+                rng.choice(
+                    [
+                        {"inputs": [{"name": "x", "datatype": "FP32", "shape": [1], "data": [words]}]},
+                        {"inputs": [{"name": "x", "datatype": "BYTES", "shape": [2], "data": [words]}]},
+                        {"id": 7, "inputs": [{"name": "x", "datatype": "BYTES", "shape": [1], "data": [words]}]},
+                        {"inputs": []},
+                    ]
+                )
+            ).encode(),
+            JSON_TYPE,
+            (400,),
+        ),
     }
     category = rng.choice(list(makers))
     body, content_type, allowed = makers[category]()
@@ -107,7 +135,7 @@ class FuzzReport:
         problem = None
         if status not in case.allowed:
             problem = f"{case.category}: HTTP {status}, allowed {case.allowed}"
-        elif case.sentiment is not None and json.loads(body)["sentiment"] != case.sentiment:
+        elif case.sentiment is not None and _sentiments(json.loads(body)) != case.sentiment:
             problem = f"{case.category}: answered {body[:80]!r}, expected {case.sentiment}"
         if problem and len(self.violations) < 20:
             self.violations.append(problem)
@@ -123,6 +151,10 @@ class FuzzReport:
             counts = self.statuses[category]
             lines.append(f"| {category} | " + " | ".join(str(counts.get(s, 0)) for s in statuses) + " |")
         return "\n".join(lines)
+
+
+def _sentiments(answer: dict) -> str | tuple[str, ...]:
+    return tuple(p["sentiment"] for p in answer["predictions"]) if "predictions" in answer else answer["sentiment"]
 
 
 def fuzz(url: str, headers: dict[str, str], requests: int, connections: int, seed: int, marker: str) -> FuzzReport:

@@ -281,9 +281,12 @@ class SentimentClassifier:
             half = len(texts) // 2
             return self.predict_isolated(texts[:half]) + self.predict_isolated(texts[half:])
 
-    def explain(self, texts: list[str]) -> list[Explanation]:
+    def explain(self, texts: list[str]) -> list[Explanation | Exception]:
         """Each text's prediction with an attribution per word, by occlusion: the text is predicted
-        again without each word, all variants of all texts in the same budgeted forward passes."""
+        again without each word, all variants of all texts in the same budgeted forward passes. A text
+        whose variants the model fails on gets the exception in its place; the others are answered."""
+        if not texts:
+            return []
         words = [text.split() for text in texts]
         variants = [
             variant
@@ -291,11 +294,15 @@ class SentimentClassifier:
             for variant in (text, *(" ".join(text_words[:i] + text_words[i + 1 :]) for i in range(len(text_words))))
         ]
         # A text of one word without that word is empty: the tokenizer gives [CLS] [SEP], which is fine.
-        predictions = iter(self.predict(variants))
-        explanations = []
+        predictions = iter(self.predict_isolated(variants))
+        explanations: list[Explanation | Exception] = []
         for text_words in words:
             full = next(predictions)
             without = [next(predictions) for _ in text_words]
+            failed = next((p for p in (full, *without) if isinstance(p, Exception)), None)
+            if failed is not None:
+                explanations.append(failed)
+                continue
             scores = [full.confidence - p.probabilities[full.sentiment] for p in without]
             attributions = [
                 {"word": word, "score": round(score, 6)} for word, score in zip(text_words, scores, strict=True)

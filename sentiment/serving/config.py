@@ -28,9 +28,25 @@ class ConfigError(ValueError):
     """config.json or the weights it names are missing, malformed or do not fit together."""
 
 
-def _setting(default: Any, doc: str, *, choices: tuple = (), minimum: int | None = None, maximum: int | None = None):
-    """A config.json key: its default (whose type is the key's type), a one-line doc, the values it allows."""
-    metadata = {"doc": doc, "type": type(default), "choices": choices, "minimum": minimum, "maximum": maximum}
+def _setting(
+    default: Any,
+    doc: str,
+    *,
+    choices: tuple = (),
+    minimum: int | None = None,
+    maximum: int | None = None,
+    allowed: str = "",
+):
+    """A config.json key: its default (whose type is the key's type), a one-line doc, the values it
+    allows (`allowed` describes a rule that involves other keys, checked in __post_init__)."""
+    metadata = {
+        "doc": doc,
+        "type": type(default),
+        "choices": choices,
+        "minimum": minimum,
+        "maximum": maximum,
+        "allowed": allowed,
+    }
     return field(default=default, metadata=metadata)
 
 
@@ -66,11 +82,18 @@ class ModelConfig:
         "padded tokens per forward pass at most: the texts of a TorchServe batch are sorted by length and split "
         "into passes that fit, so one large request cannot blow up memory. At least `MAX_SEQUENCE_LEN`. "
         "On one CPU thread 256-512 ran fastest (2x 4096); a GPU wants far more",
-        minimum=8,
+        allowed="`>= MAX_SEQUENCE_LEN`",
     )
-    explain_max_texts: int = _setting(8, "texts one explanation request may carry; more get 400", minimum=1)
+    max_handle_tokens: int = _setting(
+        8192,
+        "tokens (estimated, explanation variants included) one TorchServe batch may put through the model; the "
+        "requests beyond get 503 with `Retry-After`, so the slowest batch stays well inside `responseTimeout`. "
+        "At least `MAX_BATCH_TEXTS` x `MAX_SEQUENCE_LEN`, so that a full request alone always passes",
+        allowed="`>= MAX_BATCH_TEXTS x MAX_SEQUENCE_LEN`",
+    )
+    explain_max_texts: int = _setting(2, "texts one explanation request may carry; more get 400", minimum=1)
     explain_max_words: int = _setting(
-        64,
+        32,
         "words per text an explanation takes (each word costs one more text through the model); more get 400",
         minimum=1,
     )
@@ -106,6 +129,12 @@ class ModelConfig:
             raise ConfigError(
                 f"MAX_BATCH_TOKENS must be at least MAX_SEQUENCE_LEN ({self.max_sequence_len}): a text must fit a "
                 f"forward pass. Given: {self.max_batch_tokens}"
+            )
+        if self.max_handle_tokens < self.max_batch_texts * self.max_sequence_len:
+            raise ConfigError(
+                f"MAX_HANDLE_TOKENS must be at least MAX_BATCH_TEXTS x MAX_SEQUENCE_LEN "
+                f"({self.max_batch_texts * self.max_sequence_len}): a full request must pass. "
+                f"Given: {self.max_handle_tokens}"
             )
 
     @classmethod
@@ -200,7 +229,9 @@ def config_table() -> str:
     rows = ["| key | default | allowed | meaning |", "|---|---|---|---|"]
     for spec in dataclasses.fields(ModelConfig):
         meta = spec.metadata
-        if meta["choices"]:
+        if meta["allowed"]:
+            allowed = meta["allowed"]
+        elif meta["choices"]:
             allowed = ", ".join(f"`{choice}`" for choice in meta["choices"])
         elif meta["minimum"] is not None:
             allowed = f"{meta['minimum']}..{meta['maximum']}" if meta["maximum"] else f">= {meta['minimum']}"

@@ -47,13 +47,27 @@ class UnprocessableText(InvalidRequest):
     status = 422
 
 
+class ServerBusy(InvalidRequest):
+    """The TorchServe batch already carries all the work it may: answered 503 with Retry-After."""
+
+    status = 503
+
+
 @dataclass(frozen=True)
 class ParsedRequest:
     texts: list[str]  # one or more, each validated
     form: str  # "single", "batch", "v1" or "v2": how to answer
-    input_name: str | None = None  # v2: the input tensor's name
-    request_id: str | None = None  # v2: echoed in the answer
+    request_id: str | None = None  # v2: echoed in the answer when the request had one
     explain: bool = False  # POST /explanations: attributions per word as well
+
+    def estimated_tokens(self, max_sequence_len: int) -> int:
+        """The work this request puts through the model, in tokens, estimated from its characters
+        (about 4 per WordPiece token in English) before tokenization; an explanation runs each text
+        once more per word."""
+        return sum(
+            min(max_sequence_len, len(text) // 4 + 2) * (len(text.split()) + 1 if self.explain else 1)
+            for text in self.texts
+        )
 
 
 def parse_explanation_request(row: Any, content_type: str | None, config) -> ParsedRequest:
@@ -98,7 +112,10 @@ def parse_request(row: Any, content_type: str | None, max_chars: int, max_texts:
         return _parse_v2(payload, max_chars, max_texts)
     items = _bounded_list(key, payload[key], max_texts)
     if key == "instances":  # each a text, or {"text": ...}
-        items = [item.get("text") if isinstance(item, dict) else item for item in items]
+        for i, item in enumerate(items):
+            if isinstance(item, dict) and "text" not in item:
+                raise InvalidRequest(f'instances[{i}] has no "text" field: give a text, or {{"text": "..."}}')
+        items = [item["text"] if isinstance(item, dict) else item for item in items]
     return ParsedRequest([_checked(f"{key}[{i}]", item, max_chars) for i, item in enumerate(items)], FORMS[key])
 
 
@@ -114,9 +131,13 @@ def _parse_v2(payload: dict, max_chars: int, max_texts: int) -> ParsedRequest:
     shape = tensor.get("shape")
     if shape not in ([len(data)], [len(data), 1]):
         raise InvalidRequest(f"inputs[0].shape must be [{len(data)}] for {len(data)} texts, got {shape!r}")
+    # A [n, 1] tensor may come nested, one text per row.
+    data = [item[0] if isinstance(item, list) and len(item) == 1 else item for item in data]
     texts = [_checked(f"inputs[0].data[{i}]", item, max_chars) for i, item in enumerate(data)]
     request_id = payload.get("id")
-    return ParsedRequest(texts, "v2", str(tensor.get("name", "")), None if request_id is None else str(request_id))
+    if request_id is not None and not isinstance(request_id, str):
+        raise InvalidRequest(f"id must be a string, got {_json_type(request_id)}")
+    return ParsedRequest(texts, "v2", request_id)
 
 
 def render(request: ParsedRequest, predictions: list[dict], model_name: str, class_names: tuple[str, ...]) -> Any:
@@ -125,7 +146,6 @@ def render(request: ParsedRequest, predictions: list[dict], model_name: str, cla
         return predictions[0]
     if request.form in ("batch", "v1"):
         return {"predictions": predictions}
-    explained = [{"attributions": p.pop("attributions")} for p in predictions if "attributions" in p]
     n = len(predictions)
     outputs = [
         {"name": "sentiment", "datatype": "BYTES", "shape": [n], "data": [p["sentiment"] for p in predictions]},
@@ -139,10 +159,11 @@ def render(request: ParsedRequest, predictions: list[dict], model_name: str, cla
         },
         {"name": "truncated", "datatype": "BOOL", "shape": [n], "data": [p["truncated"] for p in predictions]},
     ]
-    if explained:  # ragged per text: one JSON list of {word, score} per text
-        data = [json.dumps(e["attributions"]) for e in explained]
+    if request.explain:  # ragged per text: one JSON list of {word, score} per text
+        data = [json.dumps(p["attributions"]) for p in predictions]
         outputs.append({"name": "attributions", "datatype": "BYTES", "shape": [n], "data": data})
-    return {"model_name": model_name, "id": request.request_id, "outputs": outputs}
+    answer = {"model_name": model_name, "outputs": outputs}
+    return answer if request.request_id is None else {**answer, "id": request.request_id}
 
 
 def _bounded_list(field: str, value: Any, max_texts: int) -> list:

@@ -50,7 +50,7 @@ def test_fuzz_2000_malformed_requests_among_good_ones_on_24_connections(server):
     report = fuzz(url, server.auth_header("inference"), requests=4_000, connections=24, seed=11, marker=MARKER)
     print(f"\n{report.table()}")  # noqa: T201 - the histogram by category, for the record
     assert sum(sum(counts.values()) for counts in report.statuses.values()) == 4_000
-    assert len(report.statuses) >= 15, "every category drawn"
+    assert len(report.statuses) >= 20, "every category drawn"
     assert report.server_errors == 0
     assert report.violations == []
     assert ready_pids(server) == before, "a worker restarted"
@@ -75,7 +75,7 @@ def test_a_poison_body_in_a_full_batch_fails_alone(server):
     handled = metric_total(server, "SentimentRequests") - requests_before
     batched = metric_total(server, "SentimentBatches") - batches_before
     assert handled == len(POISON) * 5 * 8
-    assert handled / batched > 2, "the poison bodies did not share batches with good ones"
+    assert handled / batched > 1.5, "the poison bodies did not share batches with good ones"
 
 
 def test_no_client_text_reaches_a_log_and_the_run_folder_is_the_owner_s(server):
@@ -151,7 +151,9 @@ def test_a_killed_worker_fails_only_its_in_flight_requests_and_is_back_within_10
     print(f"\nkilled worker back in {recovery:.1f} s; failed requests: {failed}")  # noqa: T201
     assert len(failed) <= 8, "more requests failed than one batch holds"
     # In flight: sent to the worker before the frontend saw it die (a few ms after the signal).
-    assert all(abs(start - killed_at) < 0.5 for start, _, _ in failed), "a request far from the kill failed"
+    assert all(killed_at - 2.0 < start < killed_at + 0.1 for start, _, _ in failed), (
+        "a request far from the kill failed"
+    )
     assert max(seconds for _, seconds, _ in load.results) < 2.0
     assert sum(status == 200 for _, _, status in load.results) > 100
 
