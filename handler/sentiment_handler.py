@@ -12,7 +12,7 @@ from http import HTTPStatus
 from pathlib import Path
 
 import sentiment.serving
-from sentiment.serving.classifier import SentimentClassifier, choose_device
+from sentiment.serving.classifier import PassStats, SentimentClassifier, choose_device
 from sentiment.serving.config import ModelConfig
 from sentiment.serving.contract import (
     EXAMPLE,
@@ -126,7 +126,10 @@ class SentimentHandler:
         explain = [text for request in accepted if request.explain for text in request.texts]
         rejected = len(outcomes) - len(accepted)
         _count(context, batches=1, requests=len(outcomes), rejected=rejected, texts=len(texts) + len(explain))
-        return self.postprocess(outcomes, self.inference(texts, explain), context)
+        self.classifier.stats = PassStats()
+        results = self.inference(texts, explain)
+        _observe(context, self.classifier.stats)
+        return self.postprocess(outcomes, results, context)
 
 
 def _failure(request: ParsedRequest, predictions: list) -> UnprocessableText | None:
@@ -136,6 +139,25 @@ def _failure(request: ParsedRequest, predictions: list) -> UnprocessableText | N
             where = "" if request.form == "single" else f"text {i} of the request: "
             return UnprocessableText(f"{where}the model could not classify this text ({type(prediction).__name__})")
     return None
+
+
+def _observe(context, stats: PassStats) -> None:
+    """Histograms per TorchServe batch and per forward pass. TorchServe 0.12 gives a handler's
+    histograms Prometheus' default buckets (0.005 to 10), so sizes go out in thousands of tokens
+    and hundreds of texts to land in them."""
+    if context.metrics is None or not stats.passes:  # unit tests; a batch of rejections only
+        return
+    from ts.metrics.metric_type_enum import MetricTypes
+
+    def observe(name: str, value: float, unit: str) -> None:
+        context.metrics.add_metric(name, value, unit, metric_type=MetricTypes.HISTOGRAM)
+
+    observe("SentimentTokenizeSeconds", stats.tokenize_seconds, "Seconds")
+    observe("SentimentForwardSeconds", stats.forward_seconds, "Seconds")
+    for texts, tokens in stats.passes:
+        observe("SentimentPassHectotexts", texts / 100, "Hectotexts")
+        observe("SentimentPassKilotokens", tokens / 1000, "Kilotokens")
+    context.metrics.add_counter("SentimentTruncated", stats.truncated)
 
 
 def _count(context, **counters: int) -> None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import importlib
 import logging
+import time
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -179,6 +180,16 @@ def with_precision(model, precision: str, device: str):
     return model.to(device=device, dtype=dtypes[precision])
 
 
+@dataclass
+class PassStats:
+    """What predict() did since the last reset: for the server's metrics."""
+
+    tokenize_seconds: float = 0.0
+    forward_seconds: float = 0.0  # forward passes and softmax, copies to and from the device included
+    passes: list[tuple[int, int]] = dataclasses.field(default_factory=list)  # (texts, padded tokens) per pass
+    truncated: int = 0  # texts cut at MAX_SEQUENCE_LEN
+
+
 def forward_passes(lengths: list[int], token_budget: int) -> list[list[int]]:
     """Indices of texts grouped into forward passes: shortest first, each pass holding at most
     `token_budget` tokens once padded to its longest text (a text longer than the budget alone)."""
@@ -202,6 +213,7 @@ class SentimentClassifier:
         self.model = None
         self.temperature = 1.0
         self.precision = config.precision
+        self.stats = PassStats()
 
     def load(self) -> SentimentClassifier:
         import torch
@@ -249,9 +261,13 @@ class SentimentClassifier:
 
         if not texts:
             return []
+        started = time.perf_counter()
         batch = self.tokenize(texts)
+        self.stats.tokenize_seconds += time.perf_counter() - started
+        started = time.perf_counter()
         # A fast tokenizer keeps what truncation cut off: that is how a text knows it was cut.
         truncated = [bool(encoding.overflowing) for encoding in batch.encodings]
+        self.stats.truncated += sum(truncated)
         lengths = batch["attention_mask"].sum(dim=1).tolist()
         if self.config.padding == "max_length":
             lengths = [batch["input_ids"].shape[1]] * len(texts)
@@ -259,11 +275,13 @@ class SentimentClassifier:
         for group in forward_passes(lengths, self.config.max_batch_tokens):
             # Padding sits on the right, so the group's rows cut at its longest text are its own batch.
             width, rows = max(lengths[i] for i in group), torch.tensor(group)
+            self.stats.passes.append((len(group), len(group) * width))
             inputs = {name: tensor[rows, :width].to(self.device) for name, tensor in batch.items()}
             with torch.inference_mode():
                 logits = self.model(**inputs).logits.float()
             for i, row in zip(group, torch.softmax(logits / self.temperature, dim=-1).cpu().tolist(), strict=True):
                 probabilities[i] = row
+        self.stats.forward_seconds += time.perf_counter() - started
         return [self._prediction(row, cut) for row, cut in zip(probabilities, truncated, strict=True)]
 
     def predict_isolated(self, texts: list[str]) -> list[Prediction | Exception]:

@@ -330,3 +330,24 @@ def test_explanations_give_the_words_that_carry_the_sentiment_the_largest_attrib
     top = max(body["attributions"], key=lambda a: a["score"])
     assert top["word"] == carrier, body["attributions"]
     assert body["sentiment"] == predict(server, text.encode(), "text/plain").json()["sentiment"]
+
+
+PROMQL_WORDS = {"sum", "rate", "by", "le", "histogram_quantile", "e6"}
+
+
+def test_every_metric_the_dashboard_queries_is_on_the_metrics_endpoint(server):
+    dashboard = json.loads((PROJECT_DIR / "deploy" / "grafana" / "sentiment-dashboard.json").read_text())
+    expressions = [target["expr"] for panel in dashboard["panels"] for target in panel["targets"]]
+    queried = {
+        re.sub(r"_(bucket|sum|count)$", "", name)
+        for expr in expressions
+        for name in re.findall(r"[A-Za-z_][A-Za-z0-9_]*", re.sub(r"\[[0-9a-z]+\]", "", expr))
+        if name not in PROMQL_WORDS
+    }
+    post_json(server, {"texts": [NEGATIVE, "good " * 300]})  # a pass, a truncated text
+    predict(server, b"", "text/plain")  # a 4xx
+    text = requests.get(f"{server.url('metrics')}/metrics", headers=server.auth_header("management"), timeout=10).text
+    exposed = {line.split()[2] for line in text.splitlines() if line.startswith("# TYPE ")}
+    assert queried - exposed == set()
+    assert {"SentimentForwardSeconds", "SentimentPassKilotokens", "SentimentTruncated"} <= queried
+    assert "SentimentForwardSeconds histogram" in text
