@@ -213,7 +213,8 @@ class SentimentClassifier:
         self.model = None
         self.temperature = 1.0
         self.precision = config.precision
-        self.stats = PassStats()
+        # Where predict() records its work, when someone (the handler's metrics) asks for it.
+        self.stats: PassStats | None = None
 
     def load(self) -> SentimentClassifier:
         import torch
@@ -261,13 +262,14 @@ class SentimentClassifier:
 
         if not texts:
             return []
+        stats = self.stats or PassStats()
         started = time.perf_counter()
         batch = self.tokenize(texts)
-        self.stats.tokenize_seconds += time.perf_counter() - started
+        stats.tokenize_seconds += time.perf_counter() - started
         started = time.perf_counter()
         # A fast tokenizer keeps what truncation cut off: that is how a text knows it was cut.
         truncated = [bool(encoding.overflowing) for encoding in batch.encodings]
-        self.stats.truncated += sum(truncated)
+        stats.truncated += sum(truncated)
         lengths = batch["attention_mask"].sum(dim=1).tolist()
         if self.config.padding == "max_length":
             lengths = [batch["input_ids"].shape[1]] * len(texts)
@@ -275,13 +277,13 @@ class SentimentClassifier:
         for group in forward_passes(lengths, self.config.max_batch_tokens):
             # Padding sits on the right, so the group's rows cut at its longest text are its own batch.
             width, rows = max(lengths[i] for i in group), torch.tensor(group)
-            self.stats.passes.append((len(group), len(group) * width))
+            stats.passes.append((len(group), len(group) * width))
             inputs = {name: tensor[rows, :width].to(self.device) for name, tensor in batch.items()}
             with torch.inference_mode():
                 logits = self.model(**inputs).logits.float()
             for i, row in zip(group, torch.softmax(logits / self.temperature, dim=-1).cpu().tolist(), strict=True):
                 probabilities[i] = row
-        self.stats.forward_seconds += time.perf_counter() - started
+        stats.forward_seconds += time.perf_counter() - started
         return [self._prediction(row, cut) for row, cut in zip(probabilities, truncated, strict=True)]
 
     def predict_isolated(self, texts: list[str]) -> list[Prediction | Exception]:
