@@ -275,3 +275,22 @@ def test_an_explanation_scores_each_word_by_what_leaving_it_out_costs_the_predic
     (without_love,) = classifier.predict(["the app"])
     expected = alone.confidence - without_love.probabilities[alone.sentiment]
     assert explanation.attributions[0]["score"] == pytest.approx(expected, abs=1e-5)
+
+
+def test_integrated_gradients_add_up_to_the_change_from_the_zero_embedding(classifier):
+    # Completeness (Sundararajan et al., 2017): the attributions sum to f(x) - f(baseline).
+    from sentiment.perf.attributions import integrated_gradients, token_gradients
+
+    text, target = "awful waste of time", 0
+    assert len(integrated_gradients(classifier, text, target, steps=4)) == 4  # one score per word
+    _, scores = token_gradients(classifier, text, target, steps=300)
+    batch = classifier.tokenizer([text], return_tensors="pt")
+    embeddings = classifier.model.bert.embeddings.word_embeddings
+    with torch.no_grad():
+        full = torch.softmax(classifier.model(**batch).logits, -1)[0, target].item()
+        hook = embeddings.register_forward_hook(lambda _m, _a, output: torch.zeros_like(output))
+        try:
+            baseline = torch.softmax(classifier.model(**batch).logits, -1)[0, target].item()
+        finally:
+            hook.remove()
+    assert sum(scores) == pytest.approx(full - baseline, abs=0.01)

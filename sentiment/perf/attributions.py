@@ -25,6 +25,18 @@ log = logging.getLogger(__name__)
 
 def integrated_gradients(classifier: SentimentClassifier, text: str, target: int, steps: int) -> list[float]:
     """Per whitespace word of `text`: integrated gradients from a zero embedding, summed over its tokens."""
+    offsets, token_scores = token_gradients(classifier, text, target, steps)
+    starts = [i for i, char in enumerate(text) if not char.isspace() and (i == 0 or text[i - 1].isspace())]
+    words = [0.0] * len(starts)
+    for (start, end), score in zip(offsets, token_scores, strict=True):
+        if end > start:  # not [CLS]/[SEP]
+            words[max(i for i, word_start in enumerate(starts) if word_start <= start)] += score
+    return words
+
+
+def token_gradients(classifier: SentimentClassifier, text: str, target: int, steps: int):
+    """Integrated gradients per token, [CLS] and [SEP] included, with the tokens' character offsets:
+    the probability of `target` along the path from zero word embeddings to the text's."""
     import torch
 
     batch = classifier.tokenizer([text], truncation=True, max_length=classifier.config.max_sequence_len)
@@ -47,13 +59,7 @@ def integrated_gradients(classifier: SentimentClassifier, text: str, target: int
             total += scaled[-1].grad
     finally:
         hook.remove()
-    token_scores = (original * total / steps).sum(dim=-1)[0].tolist()
-    starts = [i for i, char in enumerate(text) if not char.isspace() and (i == 0 or text[i - 1].isspace())]
-    words = [0.0] * len(starts)
-    for (start, end), score in zip(offsets, token_scores, strict=True):
-        if end > start:  # not [CLS]/[SEP]
-            words[max(i for i, word_start in enumerate(starts) if word_start <= start)] += score
-    return words
+    return offsets, (original * total / steps).sum(dim=-1)[0].tolist()
 
 
 def spearman(a: list[float], b: list[float]) -> float:
