@@ -113,8 +113,8 @@ class SentimentHandler:
             context.set_response_content_type(idx, JSON)
             if isinstance(answer, InvalidRequest):
                 context.set_response_status(answer.status, HTTPStatus(answer.status).phrase, idx=idx)
-                if isinstance(answer, ServerBusy):
-                    context.set_response_header(idx, "Retry-After", "1")
+                for name, value in answer.headers.items():
+                    context.set_response_header(idx, name, value)
                 answer = {"error": str(answer)}
             responses.append(json.dumps(answer))
         return responses

@@ -32,9 +32,10 @@ FORMS = {"text": "single", "texts": "batch", "instances": "v1", "inputs": "v2"}
 
 
 class InvalidRequest(ValueError):
-    """The client sent something we cannot classify; answered with `status` and this message."""
+    """The client sent something we cannot classify; answered with `status`, `headers` and this message."""
 
     status = 400
+    headers: dict[str, str] = {}  # noqa: RUF012 - read only, per class
 
 
 class UnsupportedMediaType(InvalidRequest):
@@ -51,6 +52,7 @@ class ServerBusy(InvalidRequest):
     """The TorchServe batch already carries all the work it may: answered 503 with Retry-After."""
 
     status = 503
+    headers = {"Retry-After": "1"}  # noqa: RUF012 - read only, per class
 
 
 @dataclass(frozen=True)
