@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import logging
 import re
 from pathlib import Path
 
@@ -302,3 +303,24 @@ def test_when_every_text_fails_the_batch_fails_as_a_server_error(handler, model_
     monkeypatch.setattr(handler.classifier, "predict", broken)
     with pytest.raises(RuntimeError, match="out of memory"):
         run(handler, model_dir, GOOD)
+
+
+def test_every_metric_the_handler_emits_is_declared_in_metrics_yaml(handler, model_dir, caplog):
+    """TorchServe publishes only what metrics.yaml declares (auto-detection is off): a metric the
+    handler emits under another name, type or dimensions would silently vanish from :8082/metrics."""
+    from ts.metrics.metric_cache_yaml_impl import MetricsCacheYamlImpl
+
+    metrics = MetricsCacheYamlImpl(str(HANDLER_FILE.parents[1] / "metrics.yaml"))
+    metrics.initialize_cache()
+    metrics.model_name = "sentiment"
+    metrics.set_request_ids({0: "a", 1: "b", 2: "c"})
+    declared = set(metrics.cache_keys())
+    context = make_context(model_dir, [TEXT_TYPE, JSON_TYPE, JSON_TYPE])
+    context.metrics = metrics
+    long_text = "great " * 600  # longer than MAX_SEQUENCE_LEN, so SentimentTruncated counts
+    with caplog.at_level(logging.INFO):
+        handler.handle([b"fine", {"body": {"texts": ["good", long_text]}}, {"body": {"text": 3}}], context)
+    assert set(metrics.cache_keys()) == declared, "the handler emitted a metric metrics.yaml does not declare"
+    assert "Failed to update metric" not in caplog.text
+    emitted = set(re.findall(r"\[METRICS\](\w+)\.", caplog.text))
+    assert emitted >= {"SentimentRejected", "SentimentTruncated", "SentimentForwardSeconds", "SentimentPassKilotokens"}

@@ -85,8 +85,12 @@ class LocalServer:
         return self.run_dir / "key_file.json"
 
     def render_properties(self) -> str:
-        overrides = {"model_store": str(self.model_store.resolve()), **self.overrides}
-        return render_properties(self.properties.read_text(), overrides)
+        template = self.properties.read_text()
+        overrides = {"model_store": str(self.model_store.resolve())}
+        metrics_config = parse_properties(template).get("metrics_config")
+        if metrics_config:  # a relative path means beside config.properties, not the run folder
+            overrides["metrics_config"] = str((self.properties.parent / metrics_config).resolve())
+        return render_properties(template, {**overrides, **self.overrides})
 
     # -- addresses and auth ------------------------------------------------------------------
     def url(self, api: str) -> str:
