@@ -31,7 +31,7 @@ def test_prediction_has_the_tutorial_shape(classifier):
 
 
 def test_input_padding_is_to_the_longest_text_of_the_batch(classifier):
-    batch = classifier.tokenize(["good", "bad movie , awful phone"])
+    batch, _ = classifier.tokenize(["good", "bad movie , awful phone"])
     longest = len(classifier.tokenizer("bad movie , awful phone")["input_ids"])
     assert batch["input_ids"].shape == (2, longest)
     assert longest < classifier.config.max_sequence_len
@@ -40,11 +40,36 @@ def test_input_padding_is_to_the_longest_text_of_the_batch(classifier):
 
 def test_input_truncation_cuts_at_max_sequence_len_and_says_so(classifier):
     long_text = " ".join(["good"] * 40)
-    batch = classifier.tokenize([long_text, "bad"])
+    batch, truncated = classifier.tokenize([long_text, "bad"])
     assert batch["input_ids"].shape[1] == classifier.config.max_sequence_len
+    assert truncated == [True, False]
     short, cut = classifier.predict(["bad", long_text])
     assert cut.truncated is True
     assert short.truncated is False
+
+
+@pytest.mark.parametrize("padding", ["longest", "max_length"])
+def test_the_tokenizer_backend_gives_the_ids_the_tokenizer_gives(tmp_path, tiny_bert_dir, padding):
+    """predict() calls the tokenizer's Rust backend directly, for speed: same ids, masks and types."""
+    classifier = load(write_model_dir(tmp_path / "m", tiny_bert_dir, PADDING=padding))
+    texts = [
+        "good",
+        "",
+        "  spaces\tand\nnewlines  ",
+        "Ünïcödé, émojis 😀👍🏽 and 日本語のテキスト",
+        "a zero\u200bwidth space and a right-to-left \u202e mark",
+        "bad " * 40,
+        "x" * 300,
+    ]
+    inputs, truncated = classifier.tokenize(texts)
+    expected = classifier.tokenizer(
+        texts, padding=padding, truncation=True, max_length=classifier.config.max_sequence_len, return_tensors="pt"
+    )
+    assert set(inputs) == set(expected.keys())
+    for name, tensor in inputs.items():
+        assert tensor.dtype == expected[name].dtype
+        assert tensor.tolist() == expected[name].tolist(), name
+    assert truncated == [bool(e.overflowing) for e in expected.encodings]
 
 
 def test_a_batch_of_n_equals_n_singles(classifier):
@@ -93,12 +118,23 @@ def test_temperature_from_the_weights_metadata_softens_probabilities(tmp_path, t
         ({"PADDING": "shortest"}, "PADDING must be one of"),
         ({"POOLING": "max"}, "POOLING must be one of"),
         ({"THREADS": -1}, "THREADS must be at least 0, got -1"),
+        ({"GPU": "fast"}, "GPU must be an object of config keys, got 'fast'"),
+        ({"GPU": {"MAX_BATCH_TOKEN": 9000}}, "GPU: unknown config keys: ['MAX_BATCH_TOKEN']"),
+        ({"GPU": {"MAX_BATCH_TOKENS": 4}}, "GPU: MAX_BATCH_TOKENS must be at least MAX_SEQUENCE_LEN"),
+        ({"GPU": {"GPU": {}}}, "GPU cannot hold GPU"),
     ],
 )
 def test_config_errors_name_the_key(model_dir, change, message):
     raw = json.loads((model_dir / "config.json").read_text())
     with pytest.raises(ConfigError, match=re.escape(message)):
         ModelConfig.from_dict({**raw, **change}, model_dir)
+
+
+def test_gpu_keys_take_effect_on_a_gpu_only():
+    config = ModelConfig().with_keys(GPU={"MAX_BATCH_TOKENS": 4096, "THREADS": 2})
+    assert SentimentClassifier(config, "cpu").config.max_batch_tokens == 512
+    on_gpu = SentimentClassifier(config, "cuda:1").config
+    assert (on_gpu.max_batch_tokens, on_gpu.threads, on_gpu.gpu) == (4096, 2, {})
 
 
 def test_the_shipped_config_json_is_the_definition_s_defaults():
@@ -189,7 +225,7 @@ def test_bert_model_must_be_a_local_folder(tmp_path, tiny_bert_dir):
 
 def test_max_length_padding_pads_every_text_like_the_tutorial(tmp_path, tiny_bert_dir):
     classifier = load(write_model_dir(tmp_path / "m", tiny_bert_dir, PADDING="max_length"))
-    assert classifier.tokenize(["good"])["input_ids"].shape == (1, 16)
+    assert classifier.tokenize(["good"])[0]["input_ids"].shape == (1, 16)
 
 
 def test_int8_precision_quantizes_linear_layers_and_stays_close_to_fp32(tmp_path, tiny_bert_dir, classifier):

@@ -45,7 +45,7 @@ def onnx_sessions(classifier_fp32: SentimentClassifier, folder: Path) -> dict:
     import torch
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
-    example = classifier_fp32.tokenize(["a short one", "and a somewhat longer example"])
+    example, _ = classifier_fp32.tokenize(["a short one", "and a somewhat longer example"])
     fp32, int8 = folder / "model.onnx", folder / "model-int8.onnx"
     axes = {name: {0: "batch", 1: "tokens"} for name in INPUTS} | {"logits": {0: "batch"}}
     torch.onnx.export(

@@ -47,6 +47,8 @@ def _setting(
         "maximum": maximum,
         "allowed": allowed,
     }
+    if isinstance(default, dict):  # a mutable default needs a factory
+        return field(default_factory=lambda: dict(default), metadata=metadata)
     return field(default=default, metadata=metadata)
 
 
@@ -121,10 +123,21 @@ class ModelConfig:
         "(every core)",
         minimum=0,
     )
+    gpu: dict = _setting(  # noqa: RUF009 (a field() with a default factory, like the others)
+        {"MAX_BATCH_TOKENS": 32768, "MAX_HANDLE_TOKENS": 131072},
+        "keys that take other values when the worker runs on a GPU (`for_device`): a GPU runs a pass of "
+        "thousands of tokens in the time a CPU thread needs for hundreds",
+        allowed="config keys, except `GPU`",
+    )
 
     def __post_init__(self) -> None:
         for spec in dataclasses.fields(self):
             _check(spec, getattr(self, spec.name))
+        if self.gpu:
+            try:
+                self.for_device("cuda")
+            except ConfigError as error:
+                raise ConfigError(f"GPU: {error}") from None
         if self.max_batch_tokens < self.max_sequence_len:
             raise ConfigError(
                 f"MAX_BATCH_TOKENS must be at least MAX_SEQUENCE_LEN ({self.max_sequence_len}): a text must fit a "
@@ -136,6 +149,14 @@ class ModelConfig:
                 f"({self.max_batch_texts * self.max_sequence_len}): a full request must pass. "
                 f"Given: {self.max_handle_tokens}"
             )
+
+    def for_device(self, device: str) -> ModelConfig:
+        """The configuration in force on `device`: the `GPU` keys replace the others on a GPU."""
+        if not device.startswith("cuda") or not self.gpu:
+            return self
+        if "GPU" in self.gpu:
+            raise ConfigError("GPU cannot hold GPU")
+        return self.with_keys(**self.gpu, GPU={})
 
     @classmethod
     def json_keys(cls) -> dict[str, str]:
@@ -195,6 +216,10 @@ class ModelConfig:
 
 def _check(spec: dataclasses.Field, value: Any) -> None:
     key, meta = spec.name.upper(), spec.metadata
+    if meta["type"] is dict:  # config keys and values, checked by for_device
+        if not isinstance(value, dict):
+            raise ConfigError(f"{key} must be an object of config keys, got {value!r}")
+        return
     if meta["type"] is tuple:  # a list of names
         if not isinstance(value, (list, tuple)) or not all(isinstance(name, str) and name for name in value):
             raise ConfigError(f"{key} must be a list of non-empty strings, got {value!r}")
@@ -237,6 +262,7 @@ def config_table() -> str:
             allowed = f"{meta['minimum']}..{meta['maximum']}" if meta["maximum"] else f">= {meta['minimum']}"
         else:
             allowed = "2+ distinct names" if meta["type"] is tuple else "text"
-        default = json.dumps(list(spec.default) if isinstance(spec.default, tuple) else spec.default)
+        default_value = spec.default_factory() if spec.default is dataclasses.MISSING else spec.default
+        default = json.dumps(list(default_value) if isinstance(default_value, tuple) else default_value)
         rows.append(f"| `{spec.name.upper()}` | `{default}` | {allowed} | {meta['doc']} |")
     return "\n".join(rows)
