@@ -12,6 +12,7 @@ import psutil
 import pytest
 import requests
 
+from sentiment.perf import wrk
 from sentiment.project import DEFAULT_CONFIG, PROJECT_DIR
 from sentiment.serving.classifier import SentimentClassifier
 from sentiment.serving.config import ModelConfig
@@ -351,3 +352,15 @@ def test_every_metric_the_dashboard_queries_is_on_the_metrics_endpoint(server):
     assert queried - exposed == set()
     assert {"SentimentForwardSeconds", "SentimentPassKilotokens", "SentimentTruncated"} <= queried
     assert "SentimentForwardSeconds histogram" in text
+
+
+@pytest.mark.skipif(
+    not wrk.available(), reason="wrk is not installed (Debian package `wrk`; make bench uses it when present)"
+)
+def test_the_wrk_load_generator_drives_the_real_server(server):
+    url = f"{server.url('inference')}/predictions/sentiment"
+    bodies = ["good phone", 'émoji 😀 and a "quote"']
+    result = wrk.closed_loop(url, server.auth_header("inference"), bodies, "text/plain; charset=utf-8", 2, 1)
+    assert result.requests > 10 and result.errors == 0
+    refused = wrk.closed_loop(url, server.auth_header("inference"), ['{"text": 3}'], "application/json", 1, 1)
+    assert refused.requests > 0 and refused.errors == refused.requests  # non-200 answers are counted
