@@ -55,10 +55,10 @@ eval: $(STAMP) $(VADER) ## score the served model and the VADER lexicon on the r
 
 # The default model's archive follows its inputs; other models get their own archive name.
 $(ARCHIVE): $(STAMP) config.json model-config.yaml $(WEIGHTS) $(SERVING_CODE)
-	$(BIN)/sentiment-archive --config config.json
+	$(BIN)/sentiment-archive --config config.json $(if $(DEVICE),--device $(DEVICE))
 
-archive: $(STAMP) ## build model_store/sentiment.mar; CONFIG=models/mine/config.json builds model_store/mine.mar
-	$(BIN)/sentiment-archive --config $(CONFIG) $(if $(NAME),--name $(NAME))
+archive: $(STAMP) ## build model_store/sentiment.mar; CONFIG=models/mine/config.json builds model_store/mine.mar; DEVICE=gpu packs the GPU settings
+	$(BIN)/sentiment-archive --config $(CONFIG) $(if $(NAME),--name $(NAME)) $(if $(DEVICE),--device $(DEVICE))
 
 run: $(ARCHIVE) ## start TorchServe on 127.0.0.1 and wait for READY workers (MODELS="sentiment mine", AUTH=off)
 	$(BIN)/sentiment-server start --models $(MODELS) $(if $(filter off,$(AUTH)),--no-auth)

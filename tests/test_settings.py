@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import zipfile
 
+import pytest
 import yaml
 
-from sentiment.ops.archive import MODEL_YAML, build, serving_sources
+from sentiment.ops import local_server
+from sentiment.ops.archive import MODEL_YAML, build, serving_sources, write_model_yaml
 from sentiment.ops.local_server import LocalServer
 from sentiment.ops.properties import parse_properties
 from sentiment.project import PROJECT_DIR
@@ -38,7 +40,32 @@ def test_workers_get_raw_bodies_for_the_handler_to_parse():
 
 def test_per_model_settings_leave_the_worker_count_to_torchserve():
     settings = yaml.safe_load((PROJECT_DIR / MODEL_YAML).read_text())
+    gpu = settings.pop("gpu")
     assert settings == {"batchSize": 8, "maxBatchDelay": 2, "responseTimeout": 3}
+    assert set(gpu) <= {"batchSize", "maxBatchDelay", "responseTimeout"}
+
+
+@pytest.mark.parametrize("device", ["cpu", "gpu"])
+def test_the_archive_packs_the_settings_of_its_device(tmp_path, device):
+    source = yaml.safe_load((PROJECT_DIR / MODEL_YAML).read_text())
+    written = yaml.safe_load(
+        write_model_yaml(PROJECT_DIR / MODEL_YAML, tmp_path / "m.yaml", {"maxBatchDelay": 9}, device).read_text()
+    )
+    expected = {k: v for k, v in source.items() if k != "gpu"} | (source["gpu"] if device == "gpu" else {})
+    assert written == expected | {"maxBatchDelay": 9}
+
+
+def test_gpu_server_settings_apply_only_where_workers_see_gpus(tmp_path, monkeypatch):
+    server = LocalServer(run_dir=tmp_path, model_store=tmp_path / "store")
+    monkeypatch.setattr(local_server, "gpu_count", lambda: 0)
+    assert server.gpu_settings() == {}
+    assert parse_properties(server.render_properties())["job_queue_size"] == PROPERTIES["job_queue_size"]
+    monkeypatch.setattr(local_server, "gpu_count", lambda: 2)
+    per_gpu = int(parse_properties((PROJECT_DIR / "config.gpu.properties").read_text())["workers_per_gpu"])
+    rendered = parse_properties(server.render_properties())
+    assert rendered["default_workers_per_model"] == str(2 * per_gpu)
+    assert "workers_per_gpu" not in rendered
+    assert rendered["job_queue_size"] != PROPERTIES["job_queue_size"]
 
 
 def test_run_folder_copy_applies_overrides_and_model_store(tmp_path):

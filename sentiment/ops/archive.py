@@ -1,7 +1,7 @@
 """Package a model into a TorchServe archive: model_store/NAME.mar.
 
     sentiment-archive [--config config.json] [--name NAME] [--model-yaml model-config.yaml]
-                      [--model-store model_store]
+                      [--model-store model_store] [--device auto|cpu|gpu]
 
 The archive holds the handler, the `sentiment.serving` package it wraps (the same files the tests
 import), the BERT folder (config, tokenizer, backbone weights), the fine-tuned tensors, a
@@ -28,6 +28,7 @@ from pathlib import Path
 import yaml
 
 import sentiment
+from sentiment.ops.devices import gpu_count
 from sentiment.project import DEFAULT_CONFIG, MODEL_STORE, PROJECT_DIR, model_name_for
 from sentiment.serving.classifier import resolve_bert_dir
 from sentiment.serving.config import ModelConfig
@@ -87,9 +88,14 @@ def model_yaml_for(config_path: Path) -> Path:
     return beside if beside.is_file() else PROJECT_DIR / MODEL_YAML
 
 
-def write_model_yaml(source: Path, path: Path, overrides: dict | None = None) -> Path:
-    """A copy of TorchServe's per-model settings with `overrides` applied."""
-    settings = {**yaml.safe_load(source.read_text()), **(overrides or {})}
+def write_model_yaml(source: Path, path: Path, overrides: dict | None = None, device: str = "cpu") -> Path:
+    """A copy of TorchServe's per-model settings for `device` (cpu or gpu: the `gpu` section replaces
+    the values it names), with `overrides` applied."""
+    settings = yaml.safe_load(source.read_text())
+    gpu_settings = settings.pop("gpu", None) or {}
+    if device == "gpu":
+        settings.update(gpu_settings)
+    settings.update(overrides or {})
     if "minWorkers" in settings:
         # TorchServe ignores a worker count unless maxWorkers >= minWorkers > 0 (and warns then).
         settings.setdefault("maxWorkers", settings["minWorkers"])
@@ -103,9 +109,13 @@ def build(
     name: str | None = None,
     torchserve_settings: dict | None = None,
     model_yaml: Path | None = None,
+    device: str = "auto",
 ) -> Path:
-    """Build NAME.mar from a config.json; `torchserve_settings` override those of the model-config.yaml."""
+    """Build NAME.mar from a config.json for `device` (auto: gpu where this machine has one, else cpu);
+    `torchserve_settings` override those of the model-config.yaml."""
     started = time.monotonic()
+    if device == "auto":
+        device = "gpu" if gpu_count() else "cpu"
     config = ModelConfig.from_file(config_path)
     name = name or model_name_for(config_path)
     model_yaml = model_yaml or model_yaml_for(config_path)
@@ -125,7 +135,7 @@ def build(
             "--extra-files",
             str(staging),
             "--config-file",
-            str(write_model_yaml(model_yaml, Path(tmp) / MODEL_YAML, torchserve_settings)),
+            str(write_model_yaml(model_yaml, Path(tmp) / MODEL_YAML, torchserve_settings, device)),
             "--export-path",
             str(model_store),
             "--force",
@@ -134,12 +144,13 @@ def build(
         subprocess.run(command, check=True, env={**os.environ, "TMPDIR": tmp})
     archive = model_store / f"{name}.mar"
     log.info(
-        "built %s: model %r version %s from %s and %s (%.0f MB) in %.1f s",
+        "built %s: model %r version %s from %s and %s, %s settings (%.0f MB) in %.1f s",
         archive,
         name,
         config.model_version,
         config_path,
         model_yaml,
+        device.upper(),
         archive.stat().st_size / 1e6,
         time.monotonic() - started,
     )
@@ -166,8 +177,14 @@ def main() -> None:
         "--model-yaml", type=Path, help=f"default: the {MODEL_YAML} beside --config, else the project's"
     )
     parser.add_argument("--model-store", type=Path, default=MODEL_STORE)
+    parser.add_argument(
+        "--device",
+        choices=("auto", "cpu", "gpu"),
+        default="auto",
+        help="whose TorchServe settings to pack (auto: gpu if this machine has one)",
+    )
     args = parser.parse_args()
-    build(args.config, args.model_store, args.name, model_yaml=args.model_yaml)
+    build(args.config, args.model_store, args.name, model_yaml=args.model_yaml, device=args.device)
 
 
 if __name__ == "__main__":

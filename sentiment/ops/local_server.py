@@ -21,12 +21,15 @@ from pathlib import Path
 import psutil
 import requests
 
+from sentiment.ops.devices import gpu_count
 from sentiment.ops.management import ManagementClient
 from sentiment.ops.properties import free_port_overrides, parse_properties, render_properties
 from sentiment.project import DEFAULT_MODEL, MODEL_STORE, PROJECT_DIR
 
 log = logging.getLogger(__name__)
 LOG_TAIL_LINES = 40
+# Server settings for machines with GPUs, beside config.properties.
+GPU_PROPERTIES = "config.gpu.properties"
 
 
 class ServerError(RuntimeError):
@@ -86,11 +89,22 @@ class LocalServer:
 
     def render_properties(self) -> str:
         template = self.properties.read_text()
-        overrides = {"model_store": str(self.model_store.resolve())}
+        overrides = {"model_store": str(self.model_store.resolve()), **self.gpu_settings()}
         metrics_config = parse_properties(template).get("metrics_config")
         if metrics_config:  # a relative path means beside config.properties, not the run folder
             overrides["metrics_config"] = str((self.properties.parent / metrics_config).resolve())
         return render_properties(template, {**overrides, **self.overrides})
+
+    def gpu_settings(self) -> dict[str, str]:
+        """config.gpu.properties' settings where workers will see GPUs (none otherwise), with its
+        workers_per_gpu turned into TorchServe's default_workers_per_model."""
+        gpu_file = self.properties.with_name(GPU_PROPERTIES)
+        gpus = gpu_count() if gpu_file.is_file() else 0
+        if not gpus:
+            return {}
+        settings = parse_properties(gpu_file.read_text())
+        per_gpu = int(settings.pop("workers_per_gpu", "1"))
+        return {**settings, "default_workers_per_model": str(per_gpu * gpus)}
 
     # -- addresses and auth ------------------------------------------------------------------
     def url(self, api: str) -> str:

@@ -1,0 +1,15 @@
+"""Which accelerators the workers started from here would get."""
+
+from __future__ import annotations
+
+import glob
+
+
+def gpu_count() -> int:
+    """GPUs a worker started here would see. Without NVIDIA device files there are none, and torch
+    (seconds to import) is not asked; with them, torch counts what CUDA_VISIBLE_DEVICES leaves."""
+    if not glob.glob("/dev/nvidia[0-9]*"):
+        return 0
+    import torch
+
+    return torch.cuda.device_count()
