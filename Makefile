@@ -21,7 +21,7 @@ export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 export TRANSFORMERS_VERBOSITY := error
 
-.PHONY: help setup data model eval archive run stop scale status bench loadtest fuzz soak test test-unit test-integration docs lint format clean
+.PHONY: help setup data model eval archive run stop scale status bench gpu-check loadtest fuzz soak test test-unit test-integration docs lint format clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F ':.*## ' '{printf "  make %-17s %s\n", $$1, $$2}'
@@ -74,6 +74,9 @@ fuzz: $(STAMP) ## malformed requests mixed 1:1 with good ones against the runnin
 
 soak: $(STAMP) $(VADER) ## 10 minutes at 80% of measured capacity against the running server (not in CI)
 	$(BIN)/sentiment-soak $(ARGS)
+
+gpu-check: $(STAMP) $(VADER) ## on a GPU machine: tutorial sentences, fp16 on the GPU vs fp32 on the CPU over 1,000 sentences
+	$(BIN)/sentiment-gpu-check $(ARGS)
 
 stop: ## stop TorchServe and its workers
 	@if [ -x $(BIN)/sentiment-server ]; then $(BIN)/sentiment-server stop; fi

@@ -19,6 +19,7 @@ COMMANDS = [
     "sentiment-loadtest",
     "sentiment-fuzz",
     "sentiment-soak",
+    "sentiment-gpu-check",
 ]
 
 
@@ -49,3 +50,18 @@ def test_status_without_a_server_says_how_to_start_one(tmp_path):
     result = run(str(BIN / "sentiment-server"), "status", SENTIMENT_RUN_DIR=str(tmp_path))
     assert result.returncode == 1
     assert "is it running? (`make run`)" in result.stderr
+
+
+def test_the_gpu_precision_table_runs_end_to_end_on_the_cpu(model_dir):
+    """The GPU benchmark's fp16/fp32 sweep, tried here on the tiny model, so the lent GPU's minutes
+    are not spent finding a typo."""
+    from sentiment.perf.bench import precision_markdown, precision_sweep
+
+    sentences = [f"text number {i} is {'good ' * (i % 7)}" for i in range(64)]
+    rows = precision_sweep(sentences, repeats=1, batches=(1, 4), device="cpu", config_path=model_dir / "config.json")
+    assert [(r["variant"], r["batch"]) for r in rows] == [
+        (v, b) for v in ("fp32", "fp16", "fp16+cudnn") for b in (1, 4)
+    ]
+    assert all(r["first_texts_per_s"] > 0 and r["warm_texts_per_s"] > 0 for r in rows)
+    table = precision_markdown(rows)
+    assert table.count("\n") == 3 and "fp16 >= fp32" in table

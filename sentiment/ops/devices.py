@@ -6,9 +6,10 @@ import glob
 
 
 def gpu_count() -> int:
-    """GPUs a worker started here would see. Without NVIDIA device files there are none, and torch
-    (seconds to import) is not asked; with them, torch counts what CUDA_VISIBLE_DEVICES leaves."""
-    if not glob.glob("/dev/nvidia[0-9]*"):
+    """GPUs a worker started here would see. Without NVIDIA device files (/dev/nvidiactl, ...) there
+    are none, and torch (seconds to import) is not asked; with them, torch counts what
+    CUDA_VISIBLE_DEVICES leaves."""
+    if not glob.glob("/dev/nvidia*"):
         return 0
     import torch
 

@@ -3,12 +3,19 @@
   (a) ceiling   the model in-process at its best batch size, in the served precision
   (b) project   TorchServe with this project's defaults (config.json + config.properties)
   (c) tutorial  TorchServe the tutorial's way: batch size 1, every text padded to 160 tokens, fp32
-  (d) batches   TorchServe with the defaults, clients sending 32 texts per request ({"texts": [...]})
+  (d) batches   TorchServe with the defaults, clients sending 32 texts per request ({"texts": [...]}),
+                64 on a GPU
 
     sentiment-bench [--seconds 15] [--concurrency 16] [--variant NAME:KEY=VALUE,...]    # `make bench`
 
 Prints throughput, idle single-request latency and worker memory, the ratios b/c, b/a and d/a, and
-writes reports/bench.json and reports/bench.md (the table the README shows). Each extra
+writes reports/bench.json and reports/bench.md (the table the README shows). The load comes from
+wrk where it is installed (it costs the machine far less CPU than Python clients), else from
+Python threads; each row says which, and how much of the machine it used.
+
+On a GPU the defaults change: 256 clients (32 for batch requests), the GPU's serving settings
+(model-config.yaml's gpu section, config.gpu.properties), the tutorial row left out unless asked
+for, and a table of fp16 against fp32 at batch sizes 1 to 512, first pass of each shape included. Each extra
 `--variant` is another TorchServe configuration measured the same way. A KEY is a config.json key
 (`--variant fp32:PRECISION=fp32`), a model-config.yaml setting (`--variant batch16:batchSize=16`,
 `--variant 1x2:minWorkers=1,maxWorkers=1,THREADS=2`) or else a config.properties key
@@ -21,6 +28,7 @@ import argparse
 import dataclasses
 import json
 import logging
+import re
 import statistics
 import tempfile
 import time
@@ -29,6 +37,7 @@ from pathlib import Path
 
 from sentiment.ops.archive import build, model_yaml_for
 from sentiment.ops.local_server import LocalServer
+from sentiment.perf import wrk
 from sentiment.perf.loadtest import Client, closed_loop
 from sentiment.project import DEFAULT_CONFIG, DEFAULT_MODEL, REPORTS_DIR
 from sentiment.serving.classifier import SentimentClassifier, choose_device
@@ -38,8 +47,17 @@ from sentiment.training.corpora import review_sentences
 log = logging.getLogger(__name__)
 # TorchServe's per-model settings (model-config.yaml) that a variant may change.
 MODEL_SETTINGS = {"minWorkers", "maxWorkers", "batchSize", "maxBatchDelay", "responseTimeout"}
-TUTORIAL = {"PRECISION": "fp32", "PADDING": "max_length", "MAX_SEQUENCE_LEN": 160, "batchSize": 1}
-BATCH_REQUEST_TEXTS = 32  # row (d): clients that send lists of texts, {"texts": [...]}
+# MAX_HANDLE_TOKENS must hold a full request of MAX_BATCH_TEXTS texts of 160 tokens.
+TUTORIAL = {
+    "PRECISION": "fp32",
+    "PADDING": "max_length",
+    "MAX_SEQUENCE_LEN": 160,
+    "MAX_HANDLE_TOKENS": 10240,
+    "batchSize": 1,
+}
+# Row (d): clients that send lists of texts, {"texts": [...]}, on the CPU and on a GPU.
+BATCH_REQUEST_TEXTS = {"cpu": 32, "gpu": 64}
+PRECISION_BATCHES = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512)
 
 
 @dataclass
@@ -51,9 +69,14 @@ class Row:
     workers: int | None  # worker processes TorchServe ran
     worker_rss_mb: float | None  # resident memory per worker (mean)
     generator_cpu_share: float | None = None
+    generator: str | None = None  # wrk or python
+    errors: int | None = None  # non-200 answers and failed connections during the throughput run
+    p99_ms: float | None = None  # under the throughput run's load
+    requests_per_second: float | None = None
+    worker_devices: list[str] | None = None  # where each worker loaded the model, from its log
 
 
-def ceiling(sentences: list[str], batch_sizes=(8, 16, 32, 64, 256)) -> Row:
+def ceiling(sentences: list[str], batch_sizes=(8, 16, 32, 64, 256, 512)) -> Row:
     import torch
 
     # The whole machine for one process: torch's default threads (every core), not the server's THREADS.
@@ -90,8 +113,35 @@ def idle_latency_ms(server: LocalServer, sentences: list[str], n: int = 60) -> f
     return round(statistics.median(timings[5:]) * 1000, 1)
 
 
+def worker_devices(server: LocalServer) -> list[str]:
+    """Where each worker loaded the model, as its log line says ("loaded ... on cuda:0 in fp16")."""
+    log_text = (server.log_dir / "model_log.log").read_text(errors="replace")
+    found = dict(re.findall(r"W-(\d+)-\S+ MODEL_LOG - loaded .* on (\S+) in ", log_text))
+    return [found[worker] for worker in sorted(found)]
+
+
+def load(url, headers, sentences, concurrency, seconds, texts_per_request, generator):
+    """A closed loop of single-text (text/plain) or batch ({"texts": [...]}) requests."""
+    if generator == "python":
+        return closed_loop(url, headers, sentences, concurrency, seconds, texts_per_request)
+    if texts_per_request == 1:
+        return wrk.closed_loop(url, headers, sentences, "text/plain; charset=utf-8", concurrency, seconds)
+    bodies = [
+        json.dumps({"texts": sentences[i : i + texts_per_request]})
+        for i in range(0, len(sentences) - texts_per_request + 1, texts_per_request)
+    ]
+    return wrk.closed_loop(url, headers, bodies, "application/json", concurrency, seconds)
+
+
 def measure_server(
-    tmp: Path, name: str, changes: dict, sentences, seconds: float, concurrency: int, texts_per_request: int = 1
+    tmp: Path,
+    name: str,
+    changes: dict,
+    sentences,
+    seconds: float,
+    concurrency: int,
+    texts_per_request: int = 1,
+    generator: str = "python",
 ) -> Row:
     folder = Path(tempfile.mkdtemp(dir=tmp))
     config_keys = {k: v for k, v in changes.items() if k in ModelConfig.json_keys()}
@@ -106,36 +156,118 @@ def measure_server(
         latency = idle_latency_ms(server, sentences)
         url = f"{server.url('inference')}/predictions/sentiment"
         headers = server.auth_header("inference")
-        closed_loop(url, headers, sentences, concurrency, 2, texts_per_request)  # warm-up
-        result = closed_loop(url, headers, sentences, concurrency, seconds, texts_per_request)
+        load(url, headers, sentences, concurrency, 2, texts_per_request, generator)  # warm-up
+        result = load(url, headers, sentences, concurrency, seconds, texts_per_request, generator)
         if result.errors:
             log.warning("%s: %d errors of %d requests", name, result.errors, result.requests)
         workers, rss = worker_rss_mb(server)
+        devices = worker_devices(server)
     finally:
         server.stop()
     described = ", ".join(f"{k}={v}" for k, v in changes.items()) or "defaults"
     if texts_per_request > 1:
         described += f', {{"texts": [...]}} of {texts_per_request}'
+    described += f", {concurrency} clients"
     texts_per_second = round(result.throughput * texts_per_request, 1)
-    return Row(name, described, texts_per_second, latency, workers, rss, result.generator_cpu_share)
+    return Row(
+        name,
+        described,
+        texts_per_second,
+        latency,
+        workers,
+        rss,
+        result.generator_cpu_share,
+        generator,
+        result.errors,
+        result.p99_ms,
+        result.throughput,
+        devices,
+    )
 
 
-def markdown(rows: list[Row], a: Row, b: Row, c: Row, d: Row, command: str) -> str:
+def markdown(rows: list[Row], a: Row, b: Row, c: Row | None, d: Row, texts_per_request: int, command: str) -> str:
     lines = [
-        "| configuration | settings | texts/s | idle p50 latency | workers x RSS each |",
-        "|---|---|---:|---:|---:|",
+        "| configuration | settings | texts/s | errors | p99 under load | idle p50 latency | workers x RSS each |",
+        "|---|---|---:|---:|---:|---:|---:|",
     ]
     for r in rows:
         latency = f"{r.idle_p50_ms:.1f} ms" if r.idle_p50_ms is not None else "-"
         rss = f"{r.workers} x {r.worker_rss_mb:.0f} MB" if r.worker_rss_mb is not None else "-"
-        lines.append(f"| {r.name} | {r.settings} | {r.throughput:.1f} | {latency} | {rss} |")
+        p99 = f"{r.p99_ms:.1f} ms" if r.p99_ms is not None else "-"
+        errors = str(r.errors) if r.errors is not None else "-"
+        lines.append(f"| {r.name} | {r.settings} | {r.throughput:.1f} | {errors} | {p99} | {latency} | {rss} |")
     lines.append("")
-    lines.append(
-        f"b/c = **{b.throughput / c.throughput:.1f}x** the tutorial's throughput; "
-        f"b/a = **{b.throughput / a.throughput:.0%}** of the in-process ceiling; "
-        f"d/a = **{d.throughput / a.throughput:.0%}** with {BATCH_REQUEST_TEXTS} texts per request."
-    )
-    lines.append(f"Produced by `{command}`.")
+    ratios = [] if c is None else [f"b/c = **{b.throughput / c.throughput:.1f}x** the tutorial's throughput"]
+    ratios += [
+        f"b/a = **{b.throughput / a.throughput:.0%}** of the in-process ceiling",
+        f"d/a = **{d.throughput / a.throughput:.0%}** with {texts_per_request} texts per request",
+    ]
+    lines.append("; ".join(ratios) + ".")
+    generators = sorted({r.generator for r in rows if r.generator})
+    shares = ", ".join(f"{r.generator_cpu_share:.0%}" for r in rows if r.generator_cpu_share is not None)
+    lines.append(f"Load from {' and '.join(generators)}, using {shares} of the machine's CPU. Produced by `{command}`.")
+    return "\n".join(lines)
+
+
+def precision_sweep(
+    sentences: list[str],
+    repeats: int = 5,
+    batches=PRECISION_BATCHES,
+    device: str = "cuda:0",
+    config_path: Path = DEFAULT_CONFIG,
+) -> list[dict]:
+    """On a GPU: fp16 against fp32 (and fp16 with cuDNN's attention, which the classifier turns off)
+    at each batch size, texts/s on the first pass of each new (batch, length) shape and warm."""
+    import torch
+
+    config = dataclasses.replace(ModelConfig.from_file(config_path), threads=0)
+    rows = []
+    for k, (name, precision, cudnn) in enumerate(
+        (("fp32", "fp32", False), ("fp16", "fp16", False), ("fp16+cudnn", "fp16", True))
+    ):
+        classifier = SentimentClassifier(dataclasses.replace(config, precision=precision), device).load()
+        torch.backends.cuda.enable_cudnn_sdp(cudnn)
+        offset = sum(batches) * k  # other texts, so other padded lengths: shapes this process has not run
+        for batch in batches:
+            texts = sentences[offset : offset + batch]
+            offset += batch
+            started = time.perf_counter()
+            classifier.predict(texts)
+            first = time.perf_counter() - started
+            started = time.perf_counter()
+            for _ in range(repeats):
+                classifier.predict(texts)
+            warm = (time.perf_counter() - started) / repeats
+            rows.append(
+                {
+                    "variant": name,
+                    "batch": batch,
+                    "first_texts_per_s": round(batch / first),
+                    "warm_texts_per_s": round(batch / warm),
+                }
+            )
+            log.info("%s batch %d: first pass %.0f texts/s, warm %.0f", name, batch, batch / first, batch / warm)
+        del classifier
+        if device.startswith("cuda"):
+            torch.cuda.empty_cache()
+    torch.backends.cuda.enable_cudnn_sdp(False)
+    return rows
+
+
+def precision_markdown(rows: list[dict]) -> str:
+    variants = list(dict.fromkeys(r["variant"] for r in rows))
+    batches = list(dict.fromkeys(r["batch"] for r in rows))
+    by = {(r["variant"], r["batch"]): r for r in rows}
+    header = "| batch | " + " | ".join(f"{v} first / warm" for v in variants) + " | fp16 >= fp32 (first, warm) |"
+    lines = [header, "|---:|" + "---:|" * (len(variants) + 1)]
+    for batch in batches:
+        cells = [f"{by[v, batch]['first_texts_per_s']:,} / {by[v, batch]['warm_texts_per_s']:,}" for v in variants]
+        fp16, fp32 = by["fp16", batch], by["fp32", batch]
+        verdict = (
+            f"{'yes' if fp16['first_texts_per_s'] >= fp32['first_texts_per_s'] else 'NO'}, "
+            f"{'yes' if fp16['warm_texts_per_s'] >= fp32['warm_texts_per_s'] else 'NO'}"
+        )
+        lines.append(f"| {batch} | " + " | ".join(cells) + f" | {verdict} |")
     return "\n".join(lines)
 
 
@@ -151,48 +283,69 @@ def parse_variant(text: str) -> tuple[str, dict]:
 def main() -> None:
     import sys
 
+    import torch
+
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--seconds", type=float, default=15.0, help="closed-loop time per server configuration")
-    parser.add_argument("--concurrency", type=int, default=16, help="clients for the throughput runs")
-    parser.add_argument("--sentences", type=int, default=1024)
+    parser.add_argument("--concurrency", type=int, help="clients for the throughput runs (16; 256 on a GPU)")
+    parser.add_argument("--batch-concurrency", type=int, help="clients sending batch requests (16; 32 on a GPU)")
+    parser.add_argument("--sentences", type=int, default=4096)
+    parser.add_argument("--generator", choices=("auto", "wrk", "python"), default="auto", help="auto: wrk if installed")
+    parser.add_argument("--tutorial", choices=("auto", "yes", "no"), default="auto", help="row (c); auto: not on a GPU")
     parser.add_argument("--variant", action="append", default=[], help="NAME:KEY=VALUE,... (see above)")
     parser.add_argument("--out", type=Path, default=REPORTS_DIR)
     args = parser.parse_args()
 
+    device = "gpu" if torch.cuda.is_available() else "cpu"
+    concurrency = args.concurrency or (256 if device == "gpu" else 16)
+    batch_concurrency = args.batch_concurrency or (32 if device == "gpu" else concurrency)
+    generator = ("wrk" if wrk.available() else "python") if args.generator == "auto" else args.generator
+    texts_per_request = BATCH_REQUEST_TEXTS[device]
+    tutorial = args.tutorial == "yes" or (args.tutorial == "auto" and device == "cpu")
     sentences = review_sentences(args.sentences)
     log.info(
-        "%d review sentences, %d clients, %.0f s per server configuration",
+        "%d review sentences on %s, load from %s: %d clients (%d for batch requests), %.0f s per configuration",
         len(sentences),
-        args.concurrency,
+        torch.cuda.get_device_name(0) if device == "gpu" else "the CPU",
+        generator,
+        concurrency,
+        batch_concurrency,
         args.seconds,
     )
-    a = ceiling(sentences)
+    a = ceiling(sentences[:1024])
+    sweep = precision_sweep(sentences) if device == "gpu" else []
     with tempfile.TemporaryDirectory(prefix="sentiment-bench-") as tmp:
         tmp = Path(tmp)
-        b = measure_server(tmp, "(b) TorchServe, project defaults", {}, sentences, args.seconds, args.concurrency)
-        c = measure_server(tmp, "(c) TorchServe, tutorial way", TUTORIAL, sentences, args.seconds, args.concurrency)
-        d = measure_server(
-            tmp, "(d) TorchServe, batch requests", {}, sentences, args.seconds, args.concurrency, BATCH_REQUEST_TEXTS
-        )
-        extra = [
-            measure_server(tmp, f"variant {name}", changes, sentences, args.seconds, args.concurrency)
-            for name, changes in map(parse_variant, args.variant)
-        ]
-    rows = [a, b, c, d, *extra]
-    command = "make bench" + (" ARGS=..." if args.variant else "")
-    table = markdown(rows, a, b, c, d, command)
+
+        def served(name, changes, clients=concurrency, per_request=1):
+            return measure_server(tmp, name, changes, sentences, args.seconds, clients, per_request, generator)
+
+        b = served("(b) TorchServe, project defaults", {})
+        c = served("(c) TorchServe, tutorial way", TUTORIAL) if tutorial else None
+        d = served("(d) TorchServe, batch requests", {}, batch_concurrency, texts_per_request)
+        extra = [served(f"variant {name}", changes) for name, changes in map(parse_variant, args.variant)]
+    rows = [r for r in (a, b, c, d, *extra) if r is not None]
+    command = "make bench" + (" ARGS=..." if len(sys.argv) > 1 else "")
+    table = markdown(rows, a, b, c, d, texts_per_request, command)
+    if sweep:
+        table += "\n\nfp16 and fp32 in-process, texts/s (first pass of each new shape / warm):\n\n"
+        table += precision_markdown(sweep)
     log.info("\n%s\n", table)
     for r in rows[1:]:
-        log.info("%s: load generator used %.0f%% of the machine", r.name, 100 * (r.generator_cpu_share or 0))
+        log.info("%s: workers on %s", r.name, ", ".join(r.worker_devices or []))
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "bench.md").write_text(table + "\n")
     report = {
+        "device": torch.cuda.get_device_name(0) if device == "gpu" else "cpu",
         "sentences": len(sentences),
-        "concurrency": args.concurrency,
+        "concurrency": concurrency,
+        "batch_concurrency": batch_concurrency,
+        "generator": generator,
         "seconds": args.seconds,
-        "rows": [r.__dict__ for r in rows],
-        "b_over_c": b.throughput / c.throughput,
+        "rows": [dataclasses.asdict(r) for r in rows],
+        "precision_sweep": sweep,
+        "b_over_c": b.throughput / c.throughput if c else None,
         "b_over_a": b.throughput / a.throughput,
         "d_over_a": d.throughput / a.throughput,
         "argv": sys.argv[1:],

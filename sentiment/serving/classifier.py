@@ -300,20 +300,22 @@ class SentimentClassifier:
         lengths = batch["attention_mask"].sum(dim=1).tolist()
         if self.config.padding == "max_length":
             lengths = [batch["input_ids"].shape[1]] * len(texts)
-        on_gpu = self.device.startswith("cuda")
-        if on_gpu:  # one copy of the whole batch, overlapped with the work already queued on the GPU
+        passes = forward_passes(lengths, self.config.max_batch_tokens)
+        order = [i for group in passes for i in group]
+        # Rows in pass order, so that each pass is a slice: no gathers, no index tensors on the device.
+        batch = {name: t[order] for name, t in batch.items()}
+        if self.device.startswith("cuda"):  # one copy of the whole batch, queued behind the GPU's work
             batch = {name: t.pin_memory().to(self.device, non_blocking=True) for name, t in batch.items()}
-        order: list[int] = []
-        outputs = []
+        outputs, start = [], 0
         with torch.inference_mode():
-            for group in forward_passes(lengths, self.config.max_batch_tokens):
-                # Padding sits on the right, so the group's rows cut at its longest text are its own batch.
+            for group in passes:
+                # Padding sits on the right, so the pass's rows cut at its longest text are its own batch.
                 width = max(lengths[i] for i in group)
-                rows = torch.tensor(group, device=self.device)
+                rows = slice(start, start + len(group))
+                start += len(group)
                 stats.passes.append((len(group), len(group) * width))
                 logits = self.model(**{name: t[rows, :width] for name, t in batch.items()}).logits.float()
                 outputs.append(torch.softmax(logits / self.temperature, dim=-1))
-                order += group
             # One copy back, after the last pass: the GPU runs the passes without waiting on the host.
             rows_out = torch.cat(outputs).cpu().tolist()
         probabilities: list[list[float]] = [[]] * len(texts)
