@@ -18,7 +18,8 @@ On a GPU the defaults change: 256 clients (32 for batch requests), the GPU's ser
 for, and a table of fp16 against fp32 at batch sizes 1 to 512, first pass of each shape included. Each extra
 `--variant` is another TorchServe configuration measured the same way. A KEY is a config.json key
 (`--variant fp32:PRECISION=fp32`), a model-config.yaml setting (`--variant batch16:batchSize=16`,
-`--variant 1x2:minWorkers=1,maxWorkers=1,THREADS=2`) or else a config.properties key
+`--variant 1x2:minWorkers=1,maxWorkers=1,THREADS=2`), the load's `clients` or `texts` per request
+(`--variant big:texts=64,clients=64`), or else a config.properties key
 (`--variant netty1:number_of_netty_threads=1`).
 """
 
@@ -324,7 +325,11 @@ def main() -> None:
         b = served("(b) TorchServe, project defaults", {})
         c = served("(c) TorchServe, tutorial way", TUTORIAL) if tutorial else None
         d = served("(d) TorchServe, batch requests", {}, batch_concurrency, texts_per_request)
-        extra = [served(f"variant {name}", changes) for name, changes in map(parse_variant, args.variant)]
+        extra = []
+        for name, changes in map(parse_variant, args.variant):
+            # Two keys are the load's, not the server's: clients, and texts per request.
+            clients, per_request = changes.pop("clients", concurrency), changes.pop("texts", 1)
+            extra.append(served(f"variant {name}", changes, clients, per_request))
     rows = [r for r in (a, b, c, d, *extra) if r is not None]
     command = "make bench" + (" ARGS=..." if len(sys.argv) > 1 else "")
     table = markdown(rows, a, b, c, d, texts_per_request, command)
