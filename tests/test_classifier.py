@@ -330,3 +330,58 @@ def test_integrated_gradients_add_up_to_the_change_from_the_zero_embedding(class
         finally:
             hook.remove()
     assert sum(scores) == pytest.approx(full - baseline, abs=0.01)
+
+
+class _ReplayEagerly:
+    """Stands in for a CUDA graph on the CPU: replaying runs the model on the static buffers."""
+
+    def __init__(self, run):
+        self.replay = run
+
+
+def _capture_on_cpu(self, key, names):
+    import torch
+
+    static = {name: torch.zeros(key, dtype=torch.long) for name in names}
+    logits = torch.zeros(key[0], self.model.config.num_labels)
+
+    def run():
+        logits.copy_(self.model(**static).logits)
+
+    self.graphs[key] = (static, logits, _ReplayEagerly(run))
+    return self.graphs[key]
+
+
+@pytest.mark.parametrize("pooling", ["mean", "pooler"])
+def test_cuda_graph_buckets_pad_inputs_without_changing_any_real_row(tmp_path, tiny_bert_dir, monkeypatch, pooling):
+    """Graph replay pads rows and tokens up to the bucket: the real rows' logits must not move."""
+    import torch
+
+    from sentiment.serving.classifier import CudaGraphForward
+
+    classifier = load(write_model_dir(tmp_path / "m", tiny_bert_dir, POOLING=pooling, PRECISION="fp32"))
+    monkeypatch.setattr(CudaGraphForward, "capture", _capture_on_cpu)
+    graphs = CudaGraphForward(classifier.model, "cpu", classifier.config.max_sequence_len)
+    texts = ["good", "a bad , awful , broken phone", "fine i guess"]
+    inputs, _ = classifier.tokenize(texts)
+    with torch.inference_mode():
+        eager = classifier.model(**inputs).logits
+        replayed = graphs(inputs)
+    assert inputs["input_ids"].shape[0] == 3 and graphs.bucket(*inputs["input_ids"].shape) in graphs.graphs
+    assert replayed.shape == eager.shape
+    assert torch.allclose(replayed, eager, atol=1e-5)
+
+
+def test_a_model_that_cannot_be_captured_runs_eagerly_and_says_so_once(classifier, caplog):
+    import torch
+
+    from sentiment.serving.classifier import CudaGraphForward
+
+    graphs = CudaGraphForward(classifier.model, "cpu", classifier.config.max_sequence_len)  # no CUDA here
+    inputs, _ = classifier.tokenize(["good", "bad"])
+    with torch.inference_mode():
+        first, second = graphs(inputs), graphs(inputs)
+        eager = classifier.model(**inputs).logits
+    assert graphs.broken and not graphs.graphs
+    assert torch.equal(first, eager) and torch.equal(second, eager)
+    assert caplog.text.count("CUDA graphs off") == 1

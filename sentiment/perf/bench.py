@@ -13,13 +13,14 @@ writes reports/bench.json and reports/bench.md (the table the README shows). The
 wrk where it is installed (it costs the machine far less CPU than Python clients), else from
 Python threads; each row says which, and how much of the machine it used.
 
-On a GPU the defaults change: 256 clients (32 for batch requests), the GPU's serving settings
+On a GPU the defaults change: 256 clients (64 for batch requests), the GPU's serving settings
 (model-config.yaml's gpu section, config.gpu.properties), the tutorial row left out unless asked
 for, and a table of fp16 against fp32 at batch sizes 1 to 512, first pass of each shape included. Each extra
 `--variant` is another TorchServe configuration measured the same way. A KEY is a config.json key
 (`--variant fp32:PRECISION=fp32`), a model-config.yaml setting (`--variant batch16:batchSize=16`,
 `--variant 1x2:minWorkers=1,maxWorkers=1,THREADS=2`), the load's `clients` or `texts` per request
-(`--variant big:texts=64,clients=64`), or else a config.properties key
+(`--variant big:texts=64,clients=64`), a key of config.json's GPU section (`--variant t4:GPU.THREADS=4`),
+or else a config.properties key
 (`--variant netty1:number_of_netty_threads=1`).
 """
 
@@ -145,12 +146,20 @@ def measure_server(
     generator: str = "python",
 ) -> Row:
     folder = Path(tempfile.mkdtemp(dir=tmp))
+    base = ModelConfig.from_file(DEFAULT_CONFIG)
     config_keys = {k: v for k, v in changes.items() if k in ModelConfig.json_keys()}
-    config = ModelConfig.from_file(DEFAULT_CONFIG).with_keys(**config_keys).write(folder / "config.json")
+    gpu_keys = {k.removeprefix("GPU."): v for k, v in changes.items() if k.startswith("GPU.")}
+    if gpu_keys:  # GPU.THREADS=4: a key of config.json's GPU section
+        config_keys["GPU"] = {**base.gpu, **gpu_keys}
+    config = base.with_keys(**config_keys).write(folder / "config.json")
     model_settings = {k: v for k, v in changes.items() if k in MODEL_SETTINGS}
     archive = build(config, folder / "store", DEFAULT_MODEL, model_settings, model_yaml_for(DEFAULT_CONFIG))
     # Keys neither config.json nor model-config.yaml know are TorchServe properties.
-    properties = {k: str(v) for k, v in changes.items() if k not in config_keys and k not in model_settings}
+    properties = {
+        k: str(v)
+        for k, v in changes.items()
+        if k not in config_keys and k not in model_settings and not k.startswith("GPU.")
+    }
     server = LocalServer.on_free_ports(folder / "run", archive.parent, **properties)
     server.start(timeout=180)
     try:
@@ -290,7 +299,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--seconds", type=float, default=15.0, help="closed-loop time per server configuration")
     parser.add_argument("--concurrency", type=int, help="clients for the throughput runs (16; 256 on a GPU)")
-    parser.add_argument("--batch-concurrency", type=int, help="clients sending batch requests (16; 32 on a GPU)")
+    parser.add_argument("--batch-concurrency", type=int, help="clients sending batch requests (16; 64 on a GPU)")
     parser.add_argument("--sentences", type=int, default=4096)
     parser.add_argument("--generator", choices=("auto", "wrk", "python"), default="auto", help="auto: wrk if installed")
     parser.add_argument("--tutorial", choices=("auto", "yes", "no"), default="auto", help="row (c); auto: not on a GPU")
@@ -300,7 +309,7 @@ def main() -> None:
 
     device = "gpu" if torch.cuda.is_available() else "cpu"
     concurrency = args.concurrency or (256 if device == "gpu" else 16)
-    batch_concurrency = args.batch_concurrency or (32 if device == "gpu" else concurrency)
+    batch_concurrency = args.batch_concurrency or (64 if device == "gpu" else concurrency)
     generator = ("wrk" if wrk.available() else "python") if args.generator == "auto" else args.generator
     texts_per_request = BATCH_REQUEST_TEXTS[device]
     tutorial = args.tutorial == "yes" or (args.tutorial == "auto" and device == "cpu")
@@ -320,7 +329,9 @@ def main() -> None:
         tmp = Path(tmp)
 
         def served(name, changes, clients=concurrency, per_request=1):
-            return measure_server(tmp, name, changes, sentences, args.seconds, clients, per_request, generator)
+            row = measure_server(tmp, name, changes, sentences, args.seconds, clients, per_request, generator)
+            log.info("ROW %s", json.dumps(dataclasses.asdict(row)))  # kept should a later row fail
+            return row
 
         b = served("(b) TorchServe, project defaults", {})
         c = served("(c) TorchServe, tutorial way", TUTORIAL) if tutorial else None

@@ -205,6 +205,74 @@ def forward_passes(lengths: list[int], token_budget: int) -> list[list[int]]:
     return [*passes, current] if current else passes
 
 
+# CUDA graph buckets: rows a power of two, tokens a multiple of 16; larger passes run eagerly.
+GRAPH_ROWS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
+GRAPH_TOKEN_STEP = 16
+
+
+class CudaGraphForward:
+    """The model's forward replayed from CUDA graphs, one per (rows, tokens) bucket.
+
+    An eager forward of this 6-layer model issues hundreds of small kernels from Python: a few
+    milliseconds whatever the batch, while the GPU work of a small batch takes a fraction of that. A
+    graph replays them with one launch. Inputs are padded up to their bucket (padding rows and
+    columns have attention mask 0, so they change no real row, and their logits are dropped). Shapes
+    outside the buckets, or a model that cannot be captured, run eagerly.
+    """
+
+    def __init__(self, model, device: str, max_tokens_per_text: int):
+        self.model = model
+        self.device = device
+        top = -(-max_tokens_per_text // GRAPH_TOKEN_STEP) * GRAPH_TOKEN_STEP
+        self.widths = tuple(range(GRAPH_TOKEN_STEP, top + 1, GRAPH_TOKEN_STEP))
+        self.graphs: dict[tuple[int, int], tuple] = {}
+        self.pool = None  # one memory pool for all graphs: they never run at the same time
+        self.broken = False
+
+    def bucket(self, rows: int, width: int) -> tuple[int, int] | None:
+        bucket_rows = next((r for r in GRAPH_ROWS if r >= rows), None)
+        bucket_width = next((w for w in self.widths if w >= width), None)
+        return (bucket_rows, bucket_width) if bucket_rows and bucket_width else None
+
+    def __call__(self, inputs: dict):
+        """The logits for `inputs` (tensors on the device), through a graph where one fits."""
+        rows, width = inputs["input_ids"].shape
+        key = None if self.broken else self.bucket(rows, width)
+        entry = (self.graphs.get(key) or self.capture(key, list(inputs))) if key else None
+        if entry is None:
+            return self.model(**inputs).logits
+        static, logits, graph = entry
+        for name, tensor in inputs.items():
+            static[name].zero_()
+            static[name][:rows, :width].copy_(tensor)
+        graph.replay()
+        return logits[:rows]  # read before the next replay overwrites it (the caller's softmax does)
+
+    def capture(self, key: tuple[int, int], names: list[str]):
+        """Record the forward for one bucket; on failure, say why once and run eagerly from then on."""
+        import torch
+
+        static = {name: torch.zeros(key, dtype=torch.long, device=self.device) for name in names}
+        # A padding pattern in the mask, so that the captured path is the masked one.
+        static["attention_mask"][:, : max(1, key[1] // 2)] = 1
+        try:
+            side = torch.cuda.Stream(self.device)
+            side.wait_stream(torch.cuda.current_stream(self.device))
+            with torch.cuda.stream(side):
+                self.model(**static)  # lazy initialisation (cuBLAS workspaces) outside the capture
+            torch.cuda.current_stream(self.device).wait_stream(side)
+            graph = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(graph, pool=self.pool):
+                logits = self.model(**static).logits
+            self.pool = graph.pool()
+        except Exception as error:  # a model whose forward syncs with the host cannot be captured
+            self.broken = True
+            log.warning("CUDA graphs off: capturing %s failed (%s: %s)", key, type(error).__name__, error)
+            return None
+        self.graphs[key] = (static, logits, graph)
+        return self.graphs[key]
+
+
 class SentimentClassifier:
     """Tokenizes a batch in one call (padded to its longest text by default) and runs one forward pass."""
 
@@ -213,6 +281,7 @@ class SentimentClassifier:
         self.device = device
         self.tokenizer = None
         self.encoder = None  # the tokenizer's Rust backend, set to truncate and pad as configured
+        self.forward = None  # the model's logits for a dict of input tensors (CUDA graphs on a GPU)
         self.model = None
         self.temperature = 1.0
         self.precision = config.precision
@@ -241,7 +310,10 @@ class SentimentClassifier:
             torch.backends.cuda.enable_cudnn_sdp(False)
         self.precision = resolve_precision(self.config.precision, self.device)
         self.model = with_precision(model.eval(), self.precision, self.device)
+        self.forward = lambda inputs: self.model(**inputs).logits
         if self.device.startswith("cuda"):
+            if self.config.cuda_graphs == "on":
+                self.forward = CudaGraphForward(self.model, self.device, self.config.max_sequence_len)
             self.warm_up()
         log.info(
             "loaded %s with %s on %s in %s, %d threads (temperature %.3f)",
@@ -314,7 +386,7 @@ class SentimentClassifier:
                 rows = slice(start, start + len(group))
                 start += len(group)
                 stats.passes.append((len(group), len(group) * width))
-                logits = self.model(**{name: t[rows, :width] for name, t in batch.items()}).logits.float()
+                logits = self.forward({name: t[rows, :width] for name, t in batch.items()}).float()
                 outputs.append(torch.softmax(logits / self.temperature, dim=-1))
             # One copy back, after the last pass: the GPU runs the passes without waiting on the host.
             rows_out = torch.cat(outputs).cpu().tolist()
@@ -324,17 +396,27 @@ class SentimentClassifier:
         stats.forward_seconds += time.perf_counter() - started
         return [self._prediction(row, cut) for row, cut in zip(probabilities, truncated, strict=True)]
 
-    def warm_up(self, budget_seconds: float = 20.0) -> None:
-        """Run the common shapes once, so the first requests do not pay for CUDA's lazy setup
-        (kernels loaded, cuBLAS handles, allocator pools). Bounded in time, and logged."""
+    def warm_up(self, budget_seconds: float = 30.0) -> None:
+        """Run the common shapes once (with CUDA graphs: every bucket), so that the first requests do
+        not pay for CUDA's lazy setup or a capture. Bounded in time, and logged."""
+        import torch
+
         started, shapes = time.perf_counter(), 0
-        for texts in (1, 8, 64, 256):
-            for words in (8, 32, 120):
-                if time.perf_counter() - started > budget_seconds:
-                    break
-                self.predict(["good " * words] * texts)
-                shapes += 1
-        log.info("warmed %d shapes on %s in %.1f s", shapes, self.device, time.perf_counter() - started)
+        graphs = isinstance(self.forward, CudaGraphForward)
+        rows = GRAPH_ROWS if graphs else (1, 8, 64, 256)
+        widths = self.forward.widths if graphs else (16, 64, self.config.max_sequence_len)
+        names = list(self.tokenize(["warm"])[0])
+        with torch.inference_mode():
+            for n in rows:
+                for width in widths:
+                    if time.perf_counter() - started > budget_seconds:
+                        break
+                    inputs = {name: torch.ones((n, width), dtype=torch.long, device=self.device) for name in names}
+                    self.forward(inputs)
+                    shapes += 1
+        torch.cuda.synchronize(self.device)
+        how = "CUDA graphs" if graphs and not self.forward.broken else "eager"
+        log.info("warmed %d shapes on %s (%s) in %.1f s", shapes, self.device, how, time.perf_counter() - started)
 
     def predict_isolated(self, texts: list[str]) -> list[Prediction | Exception]:
         """`predict`, except that a text on which the forward pass fails fails alone.
