@@ -60,8 +60,8 @@ $(ARCHIVE): $(STAMP) config.json model-config.yaml $(WEIGHTS) $(SERVING_CODE)
 archive: $(STAMP) ## build model_store/sentiment.mar; CONFIG=models/mine/config.json builds model_store/mine.mar; DEVICE=gpu packs the GPU settings
 	$(BIN)/sentiment-archive --config $(CONFIG) $(if $(NAME),--name $(NAME)) $(if $(DEVICE),--device $(DEVICE))
 
-run: $(ARCHIVE) ## start TorchServe on 127.0.0.1 and wait for READY workers (MODELS="sentiment mine", AUTH=off)
-	$(BIN)/sentiment-server start --models $(MODELS) $(if $(filter off,$(AUTH)),--no-auth)
+run: $(ARCHIVE) ## start TorchServe on 127.0.0.1 and wait for READY workers (MODELS="sentiment mine", AUTH=off, MODEL_API=on)
+	$(BIN)/sentiment-server start --models $(MODELS) $(if $(filter off,$(AUTH)),--no-auth) $(if $(filter on,$(MODEL_API)),--model-api)
 
 bench: $(STAMP) $(VADER) $(WEIGHTS) ## in-process ceiling vs TorchServe defaults vs the tutorial's way (ARGS=--variant ...)
 	$(BIN)/sentiment-bench $(ARGS)

@@ -1,11 +1,18 @@
 """Start, stop, scale and inspect the local TorchServe.
 
-    sentiment-server start [--models sentiment [mine ...]] [--no-auth] [--timeout 180]
+    sentiment-server start [--models sentiment [mine ...]] [--no-auth] [--model-api] [--timeout 180]
     sentiment-server stop
     sentiment-server scale WORKERS [--model NAME]
     sentiment-server status [--model NAME]
+    sentiment-server versions [--model NAME]
+    sentiment-server register ARCHIVE.mar [--model NAME] [--workers 1]    # needs start --model-api
+    sentiment-server set-default VERSION [--model NAME]
+    sentiment-server unregister VERSION [--model NAME]                    # needs start --model-api
 
 `start` serves model_store/NAME.mar for each NAME (the default model, `sentiment`, unless told).
+`register` adds an archive of the model store as another version of a model (the default stays);
+`/predictions/NAME/VERSION` reaches any version, `set-default` moves `/predictions/NAME`, and
+`set-default` back to the old version is the rollback.
 """
 
 from __future__ import annotations
@@ -61,6 +68,9 @@ def main() -> None:
     start_parser = commands.add_parser("start", help="start TorchServe and wait until its workers are READY")
     start_parser.add_argument("--models", nargs="+", default=[DEFAULT_MODEL], help="archives in model_store to serve")
     start_parser.add_argument("--no-auth", action="store_true", help="turn token authorization off (local only)")
+    start_parser.add_argument(
+        "--model-api", action="store_true", help="allow registering and unregistering models over HTTP"
+    )
     start_parser.add_argument("--timeout", type=float, default=180.0)
     commands.add_parser("stop", help="stop TorchServe and its workers")
     scale_parser = commands.add_parser("scale", help="set the number of workers of a model")
@@ -68,17 +78,33 @@ def main() -> None:
     scale_parser.add_argument("--model", default=DEFAULT_MODEL)
     status_parser = commands.add_parser("status", help="print a model's workers")
     status_parser.add_argument("--model", default=DEFAULT_MODEL)
+    versions_parser = commands.add_parser("versions", help="list a model's versions and which is the default")
+    versions_parser.add_argument("--model", default=DEFAULT_MODEL)
+    register_parser = commands.add_parser("register", help="add an archive of the model store as a version")
+    register_parser.add_argument("archive", help="file name in the model store, e.g. sentiment-v2.mar")
+    register_parser.add_argument("--model", default=DEFAULT_MODEL)
+    register_parser.add_argument("--workers", type=int, default=1)
+    default_parser = commands.add_parser("set-default", help="send /predictions/MODEL to this version")
+    default_parser.add_argument("version")
+    default_parser.add_argument("--model", default=DEFAULT_MODEL)
+    unregister_parser = commands.add_parser("unregister", help="remove a version that is not the default")
+    unregister_parser.add_argument("version")
+    unregister_parser.add_argument("--model", default=DEFAULT_MODEL)
     args = parser.parse_args()
 
     overrides = {"disable_token_authorization": "true"} if getattr(args, "no_auth", False) else {}
+    if getattr(args, "model_api", False):
+        overrides["enable_model_api"] = "true"
     server = LocalServer(models=tuple(getattr(args, "models", [DEFAULT_MODEL])), overrides=overrides)
-    if args.command in ("scale", "status") and server.pid() is None:
+    if args.command not in ("start", "stop") and server.pid() is None:
         log.error("TorchServe is not running from %s: is it running? (`make run`)", server.run_dir)
         sys.exit(1)
     try:
         if args.command == "start":
-            if overrides:
+            if args.no_auth:
                 log.warning("token authorization is OFF: anyone who reaches these ports can use every API")
+            if args.model_api:
+                log.warning("the model API is ON: management clients can register and remove models")
             start(server, args.timeout)
         elif args.command == "stop":
             server.stop()
@@ -87,6 +113,28 @@ def main() -> None:
             log.info("%d workers: %s", len(workers), ", ".join(f"{w['pid']} {w['status']}" for w in workers))
         elif args.command == "status":
             print(json.dumps(server.workers(args.model), indent=2))  # noqa: T201 - this command's output
+        elif args.command == "versions":
+            default = server.management.default_version(args.model)
+            for entry in server.management.versions(args.model):
+                mark = "default" if entry["modelVersion"] == default else ""
+                workers = ", ".join(w["status"] for w in entry["workers"])
+                print(f"{args.model} {entry['modelVersion']:8s} {entry['modelUrl']:24s} {mark:8s} workers: {workers}")  # noqa: T201
+        elif args.command == "register":
+            version = server.management.register(args.archive, args.model, args.workers)
+            log.info(
+                "%s version %s registered from %s; /predictions/%s/%s",
+                args.model,
+                version,
+                args.archive,
+                args.model,
+                version,
+            )
+        elif args.command == "set-default":
+            server.management.set_default(args.model, args.version)
+            log.info("/predictions/%s now goes to version %s", args.model, args.version)
+        elif args.command == "unregister":
+            server.management.unregister(args.model, args.version)
+            log.info("%s version %s removed", args.model, args.version)
     except (ServerError, ManagementError, requests.HTTPError) as error:
         log.error("%s", error)
         sys.exit(1)

@@ -1,4 +1,8 @@
-"""A client for TorchServe's management API: the workers of a model, and scaling them."""
+"""A client for TorchServe's management API: the workers of a model, scaling them, and its versions.
+
+Registering and unregistering versions needs `enable_model_api=true`, which config.properties leaves
+off (`make run MODEL_API=on` turns it on for one run); listing, scaling and set-default work without.
+"""
 
 from __future__ import annotations
 
@@ -51,3 +55,55 @@ class ManagementClient:
                     f"{model} has workers {states} after {timeout:.0f} s, not {count} READY {failure}"
                 )
             time.sleep(0.5)  # polling interval of the readiness check
+
+    def versions(self, model: str) -> list[dict]:
+        """Every registered version of `model`: modelVersion, the archive it came from, its workers."""
+        response = requests.get(f"{self.url}/models/{model}/all", headers=self.headers, timeout=5)
+        response.raise_for_status()
+        return response.json()
+
+    def default_version(self, model: str) -> str:
+        """The version that /predictions/MODEL (no version in the path) goes to."""
+        response = requests.get(f"{self.url}/models/{model}", headers=self.headers, timeout=5)
+        response.raise_for_status()
+        return response.json()[0]["modelVersion"]
+
+    def register(self, archive: str, model: str, workers: int = 1, timeout: float = 180.0) -> str:
+        """Register an archive of the model store as a version of `model` beside the ones it has, with
+        `workers` READY workers before this returns; the default version stays as it is. Returns the
+        new version (the archive's MODEL_VERSION)."""
+        response = requests.post(
+            f"{self.url}/models",
+            params={"url": archive, "model_name": model, "initial_workers": workers, "synchronous": "true"},
+            headers=self.headers,
+            timeout=timeout,
+        )
+        if response.status_code == 405:
+            raise ManagementError("registering needs the model API: start with `make run MODEL_API=on`")
+        if response.status_code >= 400:
+            raise ManagementError(f"registering {archive} failed: HTTP {response.status_code} {response.text}")
+        registered = [entry["modelVersion"] for entry in self.versions(model) if entry["modelUrl"] == archive]
+        if not registered:
+            raise ManagementError(f"{archive} does not appear among the versions of {model}")
+        return registered[0]
+
+    def set_default(self, model: str, version: str) -> None:
+        """Send /predictions/MODEL to `version` from now on (requests already queued finish where they are)."""
+        response = requests.put(f"{self.url}/models/{model}/{version}/set-default", headers=self.headers, timeout=10)
+        if response.status_code >= 400:
+            raise ManagementError(f"set-default {model} {version} failed: HTTP {response.status_code} {response.text}")
+
+    def unregister(self, model: str, version: str, timeout: float = 60.0) -> None:
+        """Remove one version and stop its workers; TorchServe refuses to remove the default version."""
+        response = requests.delete(
+            f"{self.url}/models/{model}/{version}",
+            params={"synchronous": "true"},
+            headers=self.headers,
+            timeout=timeout,
+        )
+        if response.status_code == 405:
+            raise ManagementError("unregistering needs the model API: start with `make run MODEL_API=on`")
+        if response.status_code >= 400:
+            raise ManagementError(
+                f"unregistering {model} {version} failed: HTTP {response.status_code} {response.text}"
+            )
