@@ -12,6 +12,7 @@ BIN = Path(sys.executable).parent
 COMMANDS = [
     "sentiment-server",
     "sentiment-archive",
+    "sentiment-kserve-bundle",
     "sentiment-train",
     "sentiment-eval",
     "sentiment-import",
