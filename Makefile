@@ -21,7 +21,7 @@ export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 export TRANSFORMERS_VERBOSITY := error
 
-.PHONY: help setup data model eval archive run stop scale status bench gpu-check loadtest fuzz soak test test-unit test-integration docs lint format clean
+.PHONY: help setup data model eval archive kserve-bundle manifests run base-image image image-test stop scale status bench gpu-check loadtest fuzz soak test test-unit test-integration docs lint format clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F ':.*## ' '{printf "  make %-17s %s\n", $$1, $$2}'
@@ -77,6 +77,38 @@ soak: $(STAMP) $(VADER) ## 10 minutes at 80% of measured capacity against the ru
 
 gpu-check: $(STAMP) $(VADER) ## on a GPU machine: tutorial sentences, fp16 on the GPU vs fp32 on the CPU over 1,000 sentences
 	$(BIN)/sentiment-gpu-check $(ARGS)
+
+# The container image (deploy/container/README.md): podman, or docker (ENGINE=docker). On machines
+# where crun cannot start containers, podman reads deploy/container/containers.conf (runc); nothing
+# is changed system-wide. IMAGE, BASE and DEVICE (cpu|gpu) are passed on to the build.
+IMAGE ?= localhost/sentiment-torchserve:$(shell sed -n 's/^version = "\(.*\)"/\1/p' pyproject.toml)
+ifeq ($(CONTAINERS_CONF),)
+ifneq ($(shell command -v runc),)
+base-image image image-test: export CONTAINERS_CONF := $(CURDIR)/deploy/container/containers.conf
+endif
+endif
+base-image image image-test: export IMAGE := $(IMAGE)
+
+base-image: ## build localhost/python-base:3.11-bookworm from Debian packages (root, debootstrap): a local stand-in for python:3.11-slim-bookworm
+	deploy/container/make-base.sh
+
+image: ## build the serving image (multi-stage, non-root, token auth on) and print its size; IMAGE=..., BASE=..., DEVICE=gpu
+	deploy/container/build-image.sh
+
+image-test: $(STAMP) ## build the image (a cache hit when current), run it and test it for real (pytest -m container)
+	$(PY) -m pytest -m container tests/container
+
+kserve-bundle: $(STAMP) ## write dist/kserve, the layout KServe's kserve-torchserve runtime reads (config/, model-store/); DEVICE=gpu for GPU nodes
+	$(BIN)/sentiment-kserve-bundle --out dist/kserve $(if $(DEVICE),--device $(DEVICE))
+
+manifests: $(STAMP) ## render every overlay of deploy/k8s into dist/manifests/ (kubectl kustomize) and validate them offline
+	@mkdir -p dist/manifests
+	@for overlay in deploy/k8s/overlays/*/; do \
+		name=$$(basename $$overlay); \
+		kubectl kustomize $$overlay > dist/manifests/$$name.yaml || exit 1; \
+		echo "dist/manifests/$$name.yaml"; \
+	done
+	$(PY) -m pytest -q -p no:cacheprovider tests/test_manifests.py
 
 stop: ## stop TorchServe and its workers
 	@if [ -x $(BIN)/sentiment-server ]; then $(BIN)/sentiment-server stop; fi
