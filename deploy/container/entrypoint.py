@@ -1,8 +1,9 @@
 #!/usr/bin/env python3
 """The container's entrypoint (/usr/local/bin/sentiment-entrypoint): TorchServe in the foreground.
 
-1. Refuses to turn token authorization off (TS_DISABLE_TOKEN_AUTHORIZATION=true, --disable-token-auth):
-   the image serves with tokens on; `make run AUTH=off` is the place for experiments without them.
+1. Refuses to turn token authorization off (TS_DISABLE_TOKEN_AUTHORIZATION=true, --disable-token-auth),
+   except behind an authenticating proxy (SENTIMENT_AUTH_PROXY=true, as deploy/k8s runs it) with the
+   inference and management APIs on loopback; `make run AUTH=off` is the place for experiments.
 2. Prepares the run folder, $SENTIMENT_RUN_DIR (/home/model-server/run): logs/ and tmp/ (0700), no
    stale key file or pid file, and its config.properties: the image's settings, plus those of
    config.gpu.properties where the container sees NVIDIA GPUs (as `make run` does).
@@ -20,6 +21,7 @@ from __future__ import annotations
 import copy
 import glob
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -109,10 +111,23 @@ def main() -> None:
     args = sys.argv[1:]
     if args and not args[0].startswith("-"):
         os.execvp(args[0], args)
-    if os.environ.get("TS_DISABLE_TOKEN_AUTHORIZATION", "").strip().lower() == "true" or any(
+    auth_off = os.environ.get("TS_DISABLE_TOKEN_AUTHORIZATION", "").strip().lower() == "true" or any(
         a.startswith("--disable-token") for a in args
-    ):
-        fail("this image serves with token authorization on; unset TS_DISABLE_TOKEN_AUTHORIZATION")
+    )
+    if auth_off:
+        # Only behind a proxy that checks keys itself (deploy/k8s: TorchServe 0.12 cannot be given
+        # keys, so N replicas cannot share its own), and only with both APIs on loopback.
+        behind_proxy = os.environ.get("SENTIMENT_AUTH_PROXY", "").strip().lower() == "true"
+        loopback = all(
+            re.fullmatch(r"https?://(127\.0\.0\.1|localhost|\[::1\]):\d+/?", os.environ.get(name, ""))
+            for name in ("TS_INFERENCE_ADDRESS", "TS_MANAGEMENT_ADDRESS")
+        )
+        if not (behind_proxy and loopback):
+            fail(
+                "this image serves with token authorization on; turning it off needs SENTIMENT_AUTH_PROXY=true "
+                "(an authenticating proxy in front) and TS_INFERENCE_ADDRESS and TS_MANAGEMENT_ADDRESS on loopback"
+            )
+        say("token authorization off: behind the auth proxy, inference and management on loopback")
 
     os.umask(0o077)  # the key file, logs and sockets are the server user's alone
     for folder in (RUN_DIR, RUN_DIR / "logs", RUN_DIR / "tmp"):

@@ -1,4 +1,5 @@
-"""The image's health check (deploy/container/healthcheck.py) against a stand-in management API."""
+"""The image's scripts (deploy/container): the health check against a stand-in management API,
+and the entrypoint's token gate."""
 
 from __future__ import annotations
 
@@ -73,3 +74,44 @@ def test_a_refused_key_that_has_not_expired_is_not_replaced(tmp_path, torchserve
     write_keys(tmp_path, "wrong", FUTURE)
     assert "HTTP 400" in load_healthcheck(tmp_path).check("sentiment", timeout=5)
     assert renewals == []
+
+
+ENTRYPOINT = SCRIPT.with_name("entrypoint.py")
+
+
+@pytest.mark.parametrize(
+    ("env", "allowed"),
+    [
+        ({"TS_DISABLE_TOKEN_AUTHORIZATION": "true"}, False),
+        ({"TS_DISABLE_TOKEN_AUTHORIZATION": "true", "SENTIMENT_AUTH_PROXY": "true"}, False),
+        (
+            {
+                "TS_DISABLE_TOKEN_AUTHORIZATION": "true",
+                "SENTIMENT_AUTH_PROXY": "true",
+                "TS_INFERENCE_ADDRESS": "http://0.0.0.0:8079",
+                "TS_MANAGEMENT_ADDRESS": "http://127.0.0.1:8081",
+            },
+            False,
+        ),
+        (
+            {
+                "TS_DISABLE_TOKEN_AUTHORIZATION": "true",
+                "SENTIMENT_AUTH_PROXY": "true",
+                "TS_INFERENCE_ADDRESS": "http://127.0.0.1:8079",
+                "TS_MANAGEMENT_ADDRESS": "http://127.0.0.1:8081",
+            },
+            True,
+        ),
+    ],
+)
+def test_the_image_turns_token_auth_off_only_behind_the_proxy_on_loopback(tmp_path, env, allowed):
+    """The entrypoint's gate; where it lets the server through, the missing image config stops it next."""
+    import subprocess
+    import sys
+
+    run_env = {"PATH": "/usr/bin:/bin", "SENTIMENT_RUN_DIR": str(tmp_path / "run"), **env}
+    run_env["SENTIMENT_CONFIG_DIR"] = str(tmp_path / "no-image-config")
+    result = subprocess.run([sys.executable, str(ENTRYPOINT)], env=run_env, capture_output=True, text=True, timeout=30)
+    assert result.returncode != 0
+    assert ("behind the auth proxy" in result.stderr) is allowed
+    assert ("serves with token authorization on" in result.stderr) is not allowed
