@@ -46,6 +46,8 @@ def fail(message: str) -> None:
 
 
 def parse_properties(text: str) -> dict[str, str]:
+    """sentiment.ops.properties.parse_properties, repeated: the image leaves the project's package out
+    (the workers import the archive's own copy of sentiment/serving), so this script stands alone."""
     settings = {}
     for line in text.splitlines():
         line = line.strip()
