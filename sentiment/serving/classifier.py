@@ -284,7 +284,7 @@ class SentimentClassifier:
         self.forward = None  # the model's logits for a dict of input tensors (CUDA graphs on a GPU)
         self.model = None
         self.temperature = 1.0
-        self.precision = config.precision
+        self.precision = self.config.precision
         # Where predict() records its work, when someone (the handler's metrics) asks for it.
         self.stats: PassStats | None = None
 
