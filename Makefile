@@ -21,7 +21,7 @@ export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 export TRANSFORMERS_VERBOSITY := error
 
-.PHONY: help setup data model eval archive kserve-bundle manifests run base-image image image-test stop scale status bench gpu-check loadtest fuzz soak test test-unit test-integration docs lint format clean
+.PHONY: help setup data model eval archive kserve-bundle manifests run base-image image image-test image-kserve stop scale status bench gpu-check loadtest fuzz soak test test-unit test-integration docs lint format clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F ':.*## ' '{printf "  make %-17s %s\n", $$1, $$2}'
@@ -80,11 +80,14 @@ gpu-check: $(STAMP) $(VADER) ## on a GPU machine: tutorial sentences, fp16 on th
 
 # The container image (deploy/container/README.md): podman, or docker (ENGINE=docker). On machines
 # where crun cannot start containers, podman reads deploy/container/containers.conf (runc); nothing
-# is changed system-wide. IMAGE, BASE and DEVICE (cpu|gpu) are passed on to the build.
-IMAGE ?= localhost/sentiment-torchserve:$(shell sed -n 's/^version = "\(.*\)"/\1/p' pyproject.toml)
+# is changed system-wide. IMAGE, BASE and DEVICE (cpu|gpu) are passed on to the build; image-kserve
+# builds KSERVE_IMAGE FROM IMAGE (deploy/container/Containerfile.kserve).
+VERSION := $(shell sed -n 's/^version = "\(.*\)"/\1/p' pyproject.toml)
+IMAGE ?= localhost/sentiment-torchserve:$(VERSION)
+KSERVE_IMAGE ?= localhost/sentiment-torchserve-kserve:$(VERSION)
 ifeq ($(CONTAINERS_CONF),)
 ifneq ($(shell command -v runc),)
-base-image image image-test: export CONTAINERS_CONF := $(CURDIR)/deploy/container/containers.conf
+base-image image image-test image-kserve: export CONTAINERS_CONF := $(CURDIR)/deploy/container/containers.conf
 endif
 endif
 base-image image image-test: export IMAGE := $(IMAGE)
@@ -97,6 +100,9 @@ image: ## build the serving image (multi-stage, non-root, token auth on) and pri
 
 image-test: $(STAMP) ## build the image (a cache hit when current), run it and test it for real (pytest -m container)
 	$(PY) -m pytest -m container tests/container
+
+image-kserve: ## build the KServe variant: the image plus kserve 0.13.0 and pytorch/serve's kserve_wrapper (localhost/sentiment-torchserve-kserve:<version>; KSERVE_IMAGE=...)
+	VARIANT=kserve IMAGE=$(KSERVE_IMAGE) SERVING_IMAGE=$(IMAGE) deploy/container/build-image.sh
 
 kserve-bundle: $(STAMP) ## write dist/kserve, the layout KServe's kserve-torchserve runtime reads (config/, model-store/); DEVICE=gpu for GPU nodes
 	$(BIN)/sentiment-kserve-bundle --out dist/kserve $(if $(DEVICE),--device $(DEVICE))

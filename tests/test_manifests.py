@@ -215,6 +215,20 @@ def test_the_inference_services_use_the_torchserve_runtime_and_their_protocol():
 
 
 @needs_kubectl
+@pytest.mark.parametrize("overlay", KSERVE_OVERLAYS)
+def test_the_inference_services_name_the_image_make_image_kserve_builds(overlay):
+    # `make image-kserve` tags localhost/sentiment-torchserve-kserve:<version>; the overlay's `images:`
+    # entry moves that repository name to a registry and tag.
+    makefile = (PROJECT_DIR / "Makefile").read_text()
+    assert re.search(r"^KSERVE_IMAGE \?= localhost/sentiment-torchserve-kserve:\$\(VERSION\)$", makefile, re.M)
+    (isvc,) = of_kind(overlay, "InferenceService")
+    image = isvc["spec"]["predictor"]["model"]["image"]
+    assert re.fullmatch(
+        r"[\w.-]+(:\d+)?(/[\w.-]+)*/sentiment-torchserve-kserve(:[\w.-]+|@sha256:[0-9a-f]{64})", image
+    ), image
+
+
+@needs_kubectl
 def test_the_canary_sends_part_of_the_traffic_to_a_new_bundle():
     (stable,) = of_kind("kserve", "InferenceService")
     (canary,) = of_kind("kserve-canary", "InferenceService")

@@ -2,9 +2,13 @@
 # Build the serving image from the Containerfile (what `make image` runs); prints its size and the
 # build time.
 #
-#   deploy/container/build-image.sh        environment: IMAGE, BASE, DEVICE, ENGINE, BUILD_ARGS
+#   deploy/container/build-image.sh        environment: IMAGE, BASE, DEVICE, ENGINE, BUILD_ARGS, VARIANT
 #
-# IMAGE   the tag (default localhost/sentiment-torchserve:<version in pyproject.toml>)
+# VARIANT serving (default: Containerfile) or kserve (`make image-kserve`: deploy/container/Containerfile.kserve,
+#         FROM the serving image SERVING_IMAGE, default localhost/sentiment-torchserve:<version>, which
+#         is built first with the same BASE, DEVICE and pip folders: a cache hit when current)
+# IMAGE   the tag (default localhost/sentiment-torchserve:<version in pyproject.toml>, for kserve
+#         localhost/sentiment-torchserve-kserve:<version>)
 # BASE    the base image; unset: localhost/python-base:3.11-bookworm where that exists (built by
 #         `make base-image`), else the Containerfile's default, docker.io/library/python:3.11-slim-bookworm.
 #         Where that cannot be pulled and debootstrap is installed, the local base is built first.
@@ -16,17 +20,29 @@
 # list`), podman mounts them read-only into the build stage and the build args name them, with
 # pip's CA bundle: the same packages as this machine's .venv, no cache or path left in the image.
 set -euo pipefail
+SELF=$(realpath "$0")
 cd "$(dirname "$0")/../.."
 
 ENGINE=${ENGINE:-$(basename "$(command -v podman || command -v docker || echo none)")}
 [ "$ENGINE" != none ] || { echo "build-image.sh: neither podman nor docker is installed" >&2; exit 1; }
 VERSION=$(sed -n 's/^version = "\(.*\)"/\1/p' pyproject.toml)
-IMAGE=${IMAGE:-localhost/sentiment-torchserve:$VERSION}
+VARIANT=${VARIANT:-serving}
+case $VARIANT in
+    serving)
+        IMAGE=${IMAGE:-localhost/sentiment-torchserve:$VERSION}
+        CONTAINERFILE=Containerfile ;;
+    kserve)
+        IMAGE=${IMAGE:-localhost/sentiment-torchserve-kserve:$VERSION}
+        SERVING_IMAGE=${SERVING_IMAGE:-localhost/sentiment-torchserve:$VERSION}
+        CONTAINERFILE=deploy/container/Containerfile.kserve ;;
+    *) echo "build-image.sh: VARIANT must be serving or kserve, not $VARIANT" >&2; exit 2 ;;
+esac
 LOCAL_BASE=localhost/python-base:3.11-bookworm
 PUBLIC_BASE=docker.io/library/python:3.11-slim-bookworm
 DEVICE=${DEVICE:-cpu}
 
-args=(--tag "$IMAGE" --file Containerfile --build-arg "DEVICE=$DEVICE")
+args=(--tag "$IMAGE" --file "$CONTAINERFILE")
+[ "$VARIANT" = kserve ] || args+=(--build-arg "DEVICE=$DEVICE")
 if [ "$ENGINE" = podman ]; then
     args+=(--format docker --layers)  # docker format keeps HEALTHCHECK
 fi
@@ -46,6 +62,12 @@ if [ -z "${BASE:-}" ]; then
     fi
 fi
 args+=(--build-arg "BASE=$BASE")
+
+if [ "$VARIANT" = kserve ]; then
+    # The KServe variant is the serving image plus a layer: build that first, on the same base.
+    IMAGE=$SERVING_IMAGE VARIANT=serving BASE=$BASE DEVICE=$DEVICE ENGINE=$ENGINE "$SELF"
+    args+=(--build-arg "SERVING_IMAGE=$SERVING_IMAGE")
+fi
 
 # This machine's local pip folders, if any (podman only: docker build has no build-time volumes).
 if [ "$ENGINE" = podman ] && command -v python3 >/dev/null; then
