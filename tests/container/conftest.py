@@ -10,6 +10,10 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
+import pytest
+
+from tests.container.engine import find_engine
+
 HERE = Path(__file__).resolve().parent
 
 
@@ -27,3 +31,11 @@ def pytest_collection_modifyitems(config, items):
     if left_out:
         config.hook.pytest_deselected(items=left_out)
         items[:] = [item for item in items if not item.get_closest_marker("container")]
+
+
+@pytest.fixture(scope="module")
+def engine() -> str:
+    path, why_not = find_engine()
+    if not path:
+        pytest.skip(f"no container engine works here: {why_not}")
+    return path

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import socket
 import stat
 import subprocess
@@ -25,65 +24,18 @@ import pytest
 import requests
 
 from sentiment.ops.properties import free_port_overrides
-from sentiment.project import PROJECT_DIR
+from tests.container.engine import SERVING_IMAGE, Box, build_image
 
 pytestmark = pytest.mark.container
 
-BUILD_SCRIPT = PROJECT_DIR / "deploy" / "container" / "build-image.sh"
-CONTAINERS_CONF = PROJECT_DIR / "deploy" / "container" / "containers.conf"
 RUN_DIR_IN_IMAGE = "/home/model-server/run"
 READY_TIMEOUT = 240.0
 
 
-def engine_env(engine: str) -> dict[str, str]:
-    """podman on machines where only runc works reads the project's containers.conf, as `make` does."""
-    env = dict(os.environ)
-    if Path(engine).name == "podman" and "CONTAINERS_CONF" not in env and shutil.which("runc"):
-        env["CONTAINERS_CONF"] = str(CONTAINERS_CONF)
-    return env
-
-
-def find_engine() -> tuple[str, str]:
-    """(engine, '') when one works, else ('', why not)."""
-    names = [os.environ["CONTAINER_ENGINE"]] if os.environ.get("CONTAINER_ENGINE") else ["podman", "docker"]
-    reasons = []
-    for name in names:
-        path = shutil.which(name)
-        if not path:
-            reasons.append(f"no {name} on the PATH")
-            continue
-        try:
-            probe = subprocess.run(
-                [path, "info"], env=engine_env(path), capture_output=True, text=True, timeout=60, check=False
-            )
-        except subprocess.TimeoutExpired:
-            reasons.append(f"`{name} info` did not answer in 60 s")
-            continue
-        if probe.returncode == 0:
-            return path, ""
-        reasons.append(f"`{name} info` failed: {(probe.stderr or probe.stdout).strip().splitlines()[-1:]}")
-    return "", "; ".join(reasons)
-
-
 @dataclass
-class Container:
-    engine: str
-    name: str
+class Container(Box):
     run_dir: Path
     ports: dict[str, str]  # config.properties key -> value
-
-    def cmd(self, *args: str, timeout: float = 60, check: bool = True) -> subprocess.CompletedProcess:
-        return subprocess.run(
-            [self.engine, *args],
-            env=engine_env(self.engine),
-            capture_output=True,
-            text=True,
-            timeout=timeout,
-            check=check,
-        )
-
-    def exec(self, *args: str, timeout: float = 30) -> subprocess.CompletedProcess:
-        return self.cmd("exec", self.name, *args, timeout=timeout, check=False)
 
     def url(self, api: str) -> str:
         return self.ports[f"{api}_address"]
@@ -97,39 +49,10 @@ class Container:
     def auth(self, api: str) -> dict[str, str]:
         return {"Authorization": f"Bearer {self.keys()[api]['key']}"}
 
-    def running(self) -> bool:
-        state = self.cmd("inspect", "--format", "{{.State.Running}}", self.name, check=False)
-        return state.stdout.strip() == "true"
-
-    def logs(self) -> str:
-        out = self.cmd("logs", "--tail", "60", self.name, check=False)
-        return (out.stdout + out.stderr)[-6000:]
-
-
-@pytest.fixture(scope="module")
-def engine() -> str:
-    path, why_not = find_engine()
-    if not path:
-        pytest.skip(f"no container engine works here: {why_not}")
-    return path
-
 
 @pytest.fixture(scope="module")
 def image(engine) -> str:
-    tag = os.environ.get("IMAGE", "localhost/sentiment-torchserve:test")
-    started = time.monotonic()
-    build = subprocess.run(
-        [str(BUILD_SCRIPT)],
-        env={**engine_env(engine), "ENGINE": Path(engine).name, "IMAGE": tag},
-        cwd=PROJECT_DIR,
-        capture_output=True,
-        text=True,
-        timeout=3600,
-        check=False,
-    )
-    assert build.returncode == 0, f"image build failed:\n{(build.stdout + build.stderr)[-8000:]}"
-    print(f"\nimage {tag} built (or found current) in {time.monotonic() - started:.0f} s")  # noqa: T201
-    return tag
+    return build_image(engine, SERVING_IMAGE)
 
 
 def writable_by_uid_1000(folder: Path, engine: str) -> None:

@@ -18,9 +18,7 @@ test waits less.
 
 from __future__ import annotations
 
-import os
 import socket
-import subprocess
 import time
 import uuid
 from dataclasses import dataclass
@@ -31,8 +29,7 @@ import requests
 
 from sentiment.ops.kserve_bundle import MOUNT_PATH, write_bundle
 from sentiment.ops.properties import free_port_overrides, parse_properties, render_properties
-from sentiment.project import PROJECT_DIR
-from tests.container.test_image import BUILD_SCRIPT, engine_env, find_engine
+from tests.container.engine import KSERVE_IMAGE, SERVING_IMAGE, Box, build_image
 
 pytestmark = pytest.mark.container
 
@@ -51,31 +48,8 @@ READY_TIMEOUT = 300.0
 
 
 @dataclass
-class Served:
-    engine: str
-    name: str
+class Served(Box):
     protocol: str
-
-    def cmd(self, *args: str, timeout: float = 60, check: bool = True) -> subprocess.CompletedProcess:
-        return subprocess.run(
-            [self.engine, *args],
-            env=engine_env(self.engine),
-            capture_output=True,
-            text=True,
-            timeout=timeout,
-            check=check,
-        )
-
-    def exec(self, *args: str) -> subprocess.CompletedProcess:
-        return self.cmd("exec", self.name, *args, timeout=30, check=False)
-
-    def running(self) -> bool:
-        state = self.cmd("inspect", "--format", "{{.State.Running}}", self.name, check=False)
-        return state.stdout.strip() == "true"
-
-    def logs(self) -> str:
-        out = self.cmd("logs", "--tail", "80", self.name, check=False)
-        return (out.stdout + out.stderr)[-8000:]
 
 
 def port_taken(port: int) -> bool:
@@ -90,36 +64,9 @@ def port_taken(port: int) -> bool:
 
 
 @pytest.fixture(scope="module")
-def engine() -> str:
-    path, why_not = find_engine()
-    if not path:
-        pytest.skip(f"no container engine works here: {why_not}")
-    return path
-
-
-@pytest.fixture(scope="module")
 def kserve_image(engine) -> str:
-    tag = os.environ.get("KSERVE_IMAGE", "localhost/sentiment-torchserve-kserve:test")
-    serving = os.environ.get("IMAGE", "localhost/sentiment-torchserve:test")  # test_image.py's tag: one build
-    started = time.monotonic()
-    build = subprocess.run(
-        [str(BUILD_SCRIPT)],
-        env={
-            **engine_env(engine),
-            "ENGINE": Path(engine).name,
-            "VARIANT": "kserve",
-            "IMAGE": tag,
-            "SERVING_IMAGE": serving,
-        },
-        cwd=PROJECT_DIR,
-        capture_output=True,
-        text=True,
-        timeout=3600,
-        check=False,
-    )
-    assert build.returncode == 0, f"image build failed:\n{(build.stdout + build.stderr)[-8000:]}"
-    print(f"\nimage {tag} built (or found current) in {time.monotonic() - started:.0f} s")  # noqa: T201
-    return tag
+    # On the serving image test_image.py builds: one build for both.
+    return build_image(engine, KSERVE_IMAGE, VARIANT="kserve", SERVING_IMAGE=SERVING_IMAGE)
 
 
 @pytest.fixture(scope="module")
