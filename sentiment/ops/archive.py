@@ -88,14 +88,19 @@ def model_yaml_for(config_path: Path) -> Path:
     return beside if beside.is_file() else PROJECT_DIR / MODEL_YAML
 
 
-def write_model_yaml(source: Path, path: Path, overrides: dict | None = None, device: str = "cpu") -> Path:
-    """A copy of TorchServe's per-model settings for `device` (cpu or gpu: the `gpu` section replaces
-    the values it names), with `overrides` applied."""
+def model_settings(source: Path, device: str = "cpu") -> dict:
+    """TorchServe's per-model settings for `device` (cpu or gpu: the `gpu` section replaces the values
+    it names)."""
     settings = yaml.safe_load(source.read_text())
     gpu_settings = settings.pop("gpu", None) or {}
     if device == "gpu":
         settings.update(gpu_settings)
-    settings.update(overrides or {})
+    return settings
+
+
+def write_model_yaml(source: Path, path: Path, overrides: dict | None = None, device: str = "cpu") -> Path:
+    """A copy of TorchServe's per-model settings for `device`, with `overrides` applied."""
+    settings = {**model_settings(source, device), **(overrides or {})}
     if "minWorkers" in settings:
         # TorchServe ignores a worker count unless maxWorkers >= minWorkers > 0 (and warns then).
         settings.setdefault("maxWorkers", settings["minWorkers"])

@@ -22,9 +22,7 @@ import logging
 import shutil
 from pathlib import Path
 
-import yaml
-
-from sentiment.ops.archive import MODEL_YAML, build
+from sentiment.ops.archive import MODEL_YAML, build, model_settings
 from sentiment.ops.properties import parse_properties
 from sentiment.project import DEFAULT_CONFIG, DEFAULT_MODEL, PROJECT_DIR
 from sentiment.serving.config import ModelConfig
@@ -47,10 +45,7 @@ def batch_settings(device: str) -> dict:
     """batchSize, maxBatchDelay and responseTimeout of model-config.yaml, its `gpu:` section applied
     for a GPU: model_snapshot must repeat them, because TorchServe takes a snapshot's values over
     the archive's (Model.setModelState)."""
-    settings = yaml.safe_load((PROJECT_DIR / MODEL_YAML).read_text())
-    gpu_settings = settings.pop("gpu", None) or {}
-    if device == "gpu":
-        settings.update(gpu_settings)
+    settings = model_settings(PROJECT_DIR / MODEL_YAML, device)
     return {key: settings[key] for key in ("batchSize", "maxBatchDelay", "responseTimeout")}
 
 
