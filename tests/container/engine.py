@@ -89,6 +89,11 @@ class Box:
         state = self.cmd("inspect", "--format", "{{.State.Running}}", self.name, check=False)
         return state.stdout.strip() == "true"
 
+    def process_uids(self) -> set[str]:
+        """The real uid of every process in the container."""
+        statuses = self.exec("sh", "-c", "cat /proc/[0-9]*/status 2>/dev/null").stdout
+        return {line.split()[1] for line in statuses.splitlines() if line.startswith("Uid:")}
+
     def logs(self) -> str:
         out = self.cmd("logs", "--tail", "80", self.name, check=False)
         return (out.stdout + out.stderr)[-8000:]

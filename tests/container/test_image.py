@@ -143,9 +143,7 @@ def test_runs_as_non_root(container):
     uid = container.exec("id", "-u")
     assert uid.returncode == 0 and uid.stdout.strip() not in ("", "0"), uid
     # Every process of the container, the Java frontend and the Python workers included.
-    statuses = container.exec("sh", "-c", "cat /proc/[0-9]*/status 2>/dev/null").stdout
-    uids = {line.split()[1] for line in statuses.splitlines() if line.startswith("Uid:")}
-    assert uids == {"1000"}, uids
+    assert container.process_uids() == {"1000"}
 
 
 def listening(table: str) -> set[tuple[str, int]]:

@@ -183,9 +183,7 @@ def test_runs_as_non_root(served):
     uid = served.exec("id", "-u")
     assert uid.returncode == 0 and uid.stdout.strip() not in ("", "0"), uid
     # Every process: the entrypoint, kserve_wrapper, the Java frontend and the Python workers.
-    statuses = served.exec("sh", "-c", "cat /proc/[0-9]*/status 2>/dev/null").stdout
-    uids = {line.split()[1] for line in statuses.splitlines() if line.startswith("Uid:")}
-    assert uids == {"1000"}, uids
+    assert served.process_uids() == {"1000"}
 
 
 def test_stops_cleanly(served):
