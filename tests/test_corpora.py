@@ -74,14 +74,36 @@ def test_labelled_sentences_map_to_negative_and_positive_once_per_text(sentiment
     ]
 
 
-def test_training_texts_found_in_the_reserved_set_are_dropped(monkeypatch):
-    reserved = [corpora.Example("Great product!", "positive", corpora.RESERVED_SET)]
-    monkeypatch.setattr(corpora, "load_vader", lambda name: reserved if name == corpora.RESERVED_SET else [])
-    examples = [
-        corpora.Example(text, "positive", "yelp") for text in ("great product.", "GREAT  product", "great service")
+def test_training_texts_found_in_the_product_reviews_are_dropped(monkeypatch):
+    reviews = [
+        corpora.Example("Great product!", "positive", corpora.RESERVED_SET, id="120_1"),  # reserved
+        corpora.Example("Works fine.", "positive", corpora.RESERVED_SET, id="12_3"),  # development
     ]
+    monkeypatch.setattr(corpora, "load_vader", lambda name: reviews if name == corpora.RESERVED_SET else [])
+    texts = ("great product.", "GREAT  product", "great service", "works fine")
+    examples = [corpora.Example(text, "positive", "yelp") for text in texts]
 
-    assert [e.text for e in corpora.without_reserved_texts(examples)] == ["great service"]
+    assert [e.text for e in corpora.without_product_texts(examples)] == ["great service"]
+    reserved_only = corpora.without_product_texts(examples, corpora.RESERVED_PRODUCTS)
+    assert [e.text for e in reserved_only] == ["great service", "works fine"]
+
+
+def test_development_products_split_into_whole_reviews(monkeypatch):
+    ids = [f"{review}_{sentence}" for review in (*range(1, 99), *range(176, 216)) for sentence in (1, 2, 3)]
+    ids += ["99_1", "216_2"]  # reserved products: never loaded as development data
+    reviews = [corpora.Example(f"s{i}", "neutral", corpora.RESERVED_SET, 0.1, 0.2, id=i) for i in ids]
+    monkeypatch.setattr(corpora, "load_vader", lambda name: reviews if name == corpora.RESERVED_SET else [])
+
+    development = corpora.load_development_products()
+    training, validation = corpora.split_by_review(development, 0.25, seed=3)
+
+    assert len(development) == 3 * 138 and {e.source for e in development} == {corpora.DEVELOPMENT_SOURCE}
+    assert {e.score for e in development} == {0.1}  # ratings kept: the in-domain stage learns from them
+    held_out = {corpora.review_number(e) for e in validation}
+    assert len(held_out) == round(138 * 0.25) and len(validation) == 3 * len(held_out)
+    assert held_out.isdisjoint(corpora.review_number(e) for e in training)
+    assert len(training) + len(validation) == len(development)
+    assert corpora.split_by_review(development, 0.25, seed=3)[1] == validation  # the seed fixes it
 
 
 def test_product_reviews_split_by_review_number_into_reserved_and_development_products():

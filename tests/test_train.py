@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import gzip
 import json
 
 import pytest
@@ -14,7 +15,9 @@ from sentiment.serving.config import ModelConfig
 from sentiment.training.corpora import Example
 from sentiment.training.train import (
     TrainingRecipe,
+    domain_splits,
     fit_linear_probe,
+    load_teacher_targets,
     parse_bool,
     rating_band_probabilities,
     split,
@@ -32,7 +35,9 @@ def test_training_writes_calibrated_weights_the_server_loads(tmp_path, tiny_bert
     config = ModelConfig.from_file(model_dir / "config.json")
     corpus = [Example(text, label, "toy") for text, label in TOY * 20]
     corpus += [Example("fine I guess", "neutral", "toy-rated", score=0.4, score_error=0.2)] * 10  # a soft target
-    recipe = TrainingRecipe(soft_labels=True, epochs=2, batch_size=8, learning_rate=1e-3, validation_fraction=0.25)
+    recipe = TrainingRecipe(
+        soft_labels=True, epochs=2, batch_size=8, learning_rate=1e-3, validation_fraction=0.25, domain_epochs=0
+    )
     output = model_dir / "head.safetensors"
 
     report = train(recipe, config, output, corpus=corpus)
@@ -43,6 +48,7 @@ def test_training_writes_calibrated_weights_the_server_loads(tmp_path, tiny_bert
     assert "classifier.weight" in names
     assert "bert.embeddings.word_embeddings.weight" not in names  # frozen: the backbone provides it
     assert json.loads(output.with_suffix(".json").read_text())["validation_examples"] == 17
+    assert report["calibrated_on"] == "general validation" and "domain_history" not in report
     assert [h["epoch"] for h in report["history"]] == [1, 2]
     classifier = SentimentClassifier(config).load()  # what a worker does with the file
     assert classifier.precision == "int8"
@@ -94,7 +100,7 @@ def test_training_with_a_linear_probe_head_and_mean_pooling(tmp_path, tiny_bert_
     config = ModelConfig.from_file(model_dir / "config.json")
     corpus = [Example(text, label, "toy") for text, label in TOY * 20]
     recipe = TrainingRecipe(
-        linear_probe_head=True, epochs=2, batch_size=8, learning_rate=1e-3, validation_fraction=0.25
+        linear_probe_head=True, epochs=2, batch_size=8, learning_rate=1e-3, validation_fraction=0.25, domain_epochs=0
     )
 
     report = train(recipe, config, model_dir / "head.safetensors", corpus=corpus)
@@ -126,7 +132,7 @@ def test_training_follows_the_class_order_and_token_limit_of_config_json(tmp_pat
     )
     config = ModelConfig.from_file(model_dir / "config.json")
     corpus = [Example(text, label, "toy") for text, label in TOY * 20]
-    recipe = TrainingRecipe(epochs=2, batch_size=8, learning_rate=1e-3, validation_fraction=0.25)
+    recipe = TrainingRecipe(epochs=2, batch_size=8, learning_rate=1e-3, validation_fraction=0.25, domain_epochs=0)
 
     report = train(recipe, config, model_dir / "head.safetensors", corpus=corpus)
 
@@ -142,7 +148,7 @@ def test_training_refuses_labels_that_class_names_lacks(tmp_path, tiny_bert_dir)
     config = ModelConfig.from_file(model_dir / "config.json")
     corpus = [Example(text, label, "toy") for text, label in TOY * 4]
     with pytest.raises(ValueError, match=r"labels \['neutral'\] that CLASS_NAMES \['negative', 'positive'\] lacks"):
-        train(TrainingRecipe(epochs=1), config, model_dir / "head.safetensors", corpus=corpus)
+        train(TrainingRecipe(epochs=1, domain_epochs=0), config, model_dir / "head.safetensors", corpus=corpus)
 
 
 @pytest.mark.parametrize(
@@ -155,3 +161,71 @@ def test_boolean_flags_parse_true_and_false(text, value):
 def test_a_misspelt_boolean_flag_is_an_error_not_false():
     with pytest.raises(argparse.ArgumentTypeError, match="expected true or false, got 'ture'"):
         parse_bool("ture")
+
+
+def _toy_reviews(n_reviews: int = 12) -> list[Example]:
+    """Product-review sentences with ids and ratings, the way the development products come."""
+    rated = {"positive": 2.0, "negative": -2.0, "neutral": 0.0}
+    return [
+        Example(f"{text} {review}", label, "amazonDevelopment", rated[label], 0.2, id=f"{review}_{sentence}")
+        for review in range(1, n_reviews + 1)
+        for sentence, (text, label) in enumerate(TOY, start=1)
+    ]
+
+
+def test_in_domain_stage_starts_from_general_weights_and_calibrates_on_held_out_reviews(tmp_path, tiny_bert_dir):
+    model_dir = write_model_dir(tmp_path / "m", tiny_bert_dir, POOLING="mean")
+    config = ModelConfig.from_file(model_dir / "config.json")
+    general = model_dir / "general.safetensors"
+    corpus = [Example(text, label, "toy") for text, label in TOY * 20]
+    train(TrainingRecipe(epochs=1, batch_size=8, validation_fraction=0.25, domain_epochs=0), config, general, corpus)
+    recipe = TrainingRecipe(
+        general_weights=str(general), domain_epochs=2, domain_batch_size=4, domain_learning_rate=1e-3
+    )
+
+    report = train(recipe, config, model_dir / "head.safetensors", domain_corpus=_toy_reviews())
+
+    assert [h["epoch"] for h in report["domain_history"]] == [1, 2]
+    assert report["calibrated_on"] == "domain validation"
+    assert report["domain_validation_examples"] == 3 * round(12 * recipe.domain_validation_fraction)
+    assert "history" not in report  # the general stage was loaded, not trained
+    with safe_open(str(general), "pt") as before, safe_open(str(model_dir / "head.safetensors"), "pt") as after:
+        assert set(before.keys()) == set(after.keys())
+        assert not torch.equal(before.get_tensor("classifier.weight"), after.get_tensor("classifier.weight"))
+    classifier = SentimentClassifier(config).load()
+    assert classifier.temperature == pytest.approx(report["temperature"], abs=1e-5)
+
+
+def test_loading_general_weights_without_an_in_domain_stage_is_refused(tmp_path, tiny_bert_dir):
+    model_dir = write_model_dir(tmp_path / "m", tiny_bert_dir)
+    config = ModelConfig.from_file(model_dir / "config.json")
+    recipe = TrainingRecipe(general_weights=config.pre_trained_model, domain_epochs=0)
+    with pytest.raises(ValueError, match="needs the in-domain stage"):
+        train(recipe, config, model_dir / "head.safetensors")
+
+
+def _write_teacher(path, probabilities: dict, class_order=("negative", "neutral", "positive")):
+    with gzip.open(path, "wt", encoding="utf-8") as f:
+        json.dump({"class_order": list(class_order), "probabilities": probabilities}, f)
+    return path
+
+
+def test_the_teachers_texts_join_in_domain_training_with_its_probabilities_as_targets(tmp_path):
+    reviews = _toy_reviews()
+    teacher = _write_teacher(
+        tmp_path / "t.json.gz", {"works as promised": [0.1, 0.2, 0.7], reviews[0].text: [0.9, 0.05, 0.05]}
+    )
+    recipe = TrainingRecipe(teacher_probabilities=str(teacher))
+
+    training, validation = domain_splits(recipe, reviews)
+
+    taught = [e for e in training if e.source == "teacher"]
+    assert [(e.text, e.label) for e in taught] == [("works as promised", "positive")]  # texts with ratings keep them
+    assert len(training) - len(taught) + len(validation) == len(reviews)
+    assert target_distribution(taught[0], recipe, ("positive", "neutral", "negative")) == [0.7, 0.2, 0.1]
+
+
+def test_teacher_probabilities_in_another_class_order_are_refused(tmp_path):
+    teacher = _write_teacher(tmp_path / "t.json.gz", {"x": [1, 0, 0]}, class_order=("positive", "neutral", "negative"))
+    with pytest.raises(ValueError, match="class order"):
+        load_teacher_targets(teacher)

