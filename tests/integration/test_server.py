@@ -27,6 +27,7 @@ POSITIVE = "OMG. I love how easy it is to stick to my schedule. Would recommend 
 # the shift stays small; over 1,024 review sentences it was 0.025 in the median (README).
 BATCH_TOLERANCE = 0.02
 INT8_MEDIAN_SHIFT = 0.05
+INT8_MAX_SHIFT = 0.40  # the largest int8 shift measured (README, model card: limits)
 
 # (body bytes, Content-Type, what the error must say)
 BAD_INPUTS = {
@@ -269,7 +270,16 @@ def test_a_request_of_64_texts_answers_in_order_as_the_classifier_and_as_64_sing
         for p, s in zip(batched, singles, strict=True)
     ]
     assert sorted(differences)[len(differences) // 2] < INT8_MEDIAN_SHIFT
-    assert sum(p["sentiment"] == s["sentiment"] for p, s in zip(batched, singles, strict=True)) >= 0.9 * len(texts)
+    # A clear answer never flips: one whose lead over the runner-up exceeds the largest shift measured.
+    clear = [(p, s) for p, s in zip(batched, singles, strict=True) if _lead(s["probabilities"]) > INT8_MAX_SHIFT]
+    assert len(clear) >= len(texts) // 4  # the check is not empty
+    assert all(p["sentiment"] == s["sentiment"] for p, s in clear)
+
+
+def _lead(probabilities: dict) -> float:
+    """How far the answer's probability is above the runner-up's."""
+    first, second = sorted(probabilities.values(), reverse=True)[:2]
+    return first - second
 
 
 @pytest.mark.parametrize(
