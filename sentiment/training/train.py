@@ -1,14 +1,18 @@
 """Fine-tune the packaged MiniLM BERT into the default 3-class sentiment model.
 
     sentiment-train [--config config.json] [--epochs 2] ...     # what `make model` runs
+    sentiment-train --general-weights W --output X ...           # only the in-domain stage, from W
 
-Four steps: load the corpora and split them; fine-tune (a linear probe for the head first, then
-every layer but the word embeddings, keeping the epoch with the best validation NLL); calibrate
-one temperature on the model as the server runs it; report. Writes the tensors training changed
-in fp16 to PRE_TRAINED_MODEL, with the temperature and the class names in the file's metadata,
-and a JSON report beside it. The class order and the token limit come from the model's
-config.json. The reserved test set is never scored here; its texts are read only to drop copies
-of them from the training data.
+Two stages, then calibration. The general stage fits the head on the frozen backbone (a linear
+probe), then fine-tunes every layer but the word embeddings on the general corpora, keeping the
+epoch with the best validation NLL. The in-domain stage goes on from there on the development
+products (product reviews rated like the test set), whole reviews held out, and keeps its best
+epoch on them; it can also learn a teacher's probabilities (sentiment.training.teacher). One
+temperature is fitted on the model as the server runs it, on those held-out reviews. Writes the
+tensors training changed in fp16 to PRE_TRAINED_MODEL, with the temperature and the class names in
+the file's metadata, and a JSON report beside it. The class order and the token limit come from
+the model's config.json. The reserved products are never scored here; their texts are read only to
+drop copies of them from the training data.
 """
 
 from __future__ import annotations
