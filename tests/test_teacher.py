@@ -11,6 +11,8 @@ import zipfile
 import pytest
 import torch
 
+from sentiment.project import DEFAULT_CONFIG
+from sentiment.serving.config import ModelConfig
 from sentiment.training import corpora, teacher
 
 
@@ -101,3 +103,10 @@ def test_unlabelled_sentences_are_a_seeded_sample_of_3_to_40_words(tmp_path, mon
 
     assert sorted(sample) == ["A spaced out sentence.", "One two three."]
     assert corpora.load_unlabelled_sentences(1, seed=1) == sample[:1]
+
+
+def test_rescoring_without_a_trained_teacher_says_how_to_train_one(tmp_path, monkeypatch):
+    monkeypatch.setattr(teacher, "WEIGHTS", tmp_path / "teacher.safetensors")
+    config = ModelConfig.from_file(DEFAULT_CONFIG)
+    with pytest.raises(FileNotFoundError, match="run `make teacher` first"):
+        teacher.teach(teacher.TeacherRecipe(), config, tmp_path / "p.json.gz", rescore=True)

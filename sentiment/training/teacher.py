@@ -179,6 +179,8 @@ def teach(recipe: TeacherRecipe, config: ModelConfig, output: Path = PROBABILITI
 
     if tuple(config.class_names) != SENTIMENTS:
         raise ValueError(f"the teacher learns {list(SENTIMENTS)}; CLASS_NAMES are {list(config.class_names)}")
+    if rescore and not WEIGHTS.is_file():
+        raise FileNotFoundError(f"--rescore needs the teacher trained before, {WEIGHTS}: run `make teacher` first")
     started = time.monotonic()
     torch.manual_seed(recipe.seed)
     folder = unpack_backbone()
