@@ -8,7 +8,7 @@ them into data/ and this joins the pieces (checked against a pinned SHA-256) and
 costs about 8x the MiniLM per token, so on this 2-core machine it learns from a sample of the general
 corpus, then from the development products the way the student does; it never serves. What it leaves
 behind is its calibrated probabilities for the texts a student can distil from
-(`data/teacher-probabilities.json.gz`, 2 MB; `sentiment-train --teacher-probabilities` reads it). The
+(`data/teacher-probabilities.json.gz`, 1 MB; `sentiment-train --teacher-probabilities` reads it). The
 default model does not use it: on the development data, distilling did not pass the rule that picks the
 recipe (docs/recipe-selection.md, README model card). Its weights stay in data/ (438 MB).
 """
