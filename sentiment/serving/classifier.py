@@ -56,6 +56,13 @@ class Explanation(Prediction):
     attributions: list[dict[str, Any]] = dataclasses.field(default_factory=list)
 
 
+def mean_pool(hidden, attention_mask):
+    """The mean of each text's token vectors. Padding must not count: a text scores the same alone or in a
+    padded batch."""
+    mask = attention_mask.unsqueeze(-1).to(hidden.dtype)
+    return (hidden * mask).sum(dim=1) / mask.sum(dim=1).clamp(min=1)
+
+
 def _mean_pooling_classifier_class():
     """BertForSequenceClassification whose head reads the mean of the text's token vectors.
 
@@ -73,10 +80,7 @@ def _mean_pooling_classifier_class():
 
         def forward(self, input_ids, attention_mask, token_type_ids=None, **_unused):
             hidden = self.bert(input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids)[0]
-            # Padding must not count: a text scores the same alone or in a padded batch.
-            mask = attention_mask.unsqueeze(-1).to(hidden.dtype)
-            pooled = (hidden * mask).sum(dim=1) / mask.sum(dim=1).clamp(min=1)
-            return SequenceClassifierOutput(logits=self.classifier(self.dropout(pooled)))
+            return SequenceClassifierOutput(logits=self.classifier(self.dropout(mean_pool(hidden, attention_mask))))
 
     return MeanPoolingBertForSequenceClassification
 

@@ -30,6 +30,7 @@ import torch
 
 from sentiment import project
 from sentiment.project import DEFAULT_CONFIG
+from sentiment.serving.classifier import mean_pool
 from sentiment.serving.config import ModelConfig
 from sentiment.training.corpora import (
     BINARY_SOURCES,
@@ -114,9 +115,7 @@ def _mean_pooling_classifier(encoder, num_labels: int):
 
         def forward(self, input_ids, attention_mask, **_unused):
             hidden = self.encoder(input_ids=input_ids, attention_mask=attention_mask)[0]
-            mask = attention_mask.unsqueeze(-1).to(hidden.dtype)
-            pooled = (hidden * mask).sum(dim=1) / mask.sum(dim=1).clamp(min=1)
-            return SequenceClassifierOutput(logits=self.classifier(self.dropout(pooled)))
+            return SequenceClassifierOutput(logits=self.classifier(self.dropout(mean_pool(hidden, attention_mask))))
 
     return MeanPoolingClassifier()
 
