@@ -14,6 +14,7 @@ cores with the server. Writes reports/loadtest.json and reports/loadtest.png.
 from __future__ import annotations
 
 import argparse
+import asyncio
 import http.client
 import json
 import logging
@@ -26,6 +27,7 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 import requests
+import uvloop
 from tqdm import tqdm
 
 from sentiment.ops.local_server import LocalServer
@@ -143,30 +145,82 @@ def closed_loop(url, headers, sentences, concurrency: int, seconds: float, texts
 
 
 def open_loop(url, headers, sentences, rate: float, seconds: float, max_in_flight: int = 256):
-    """Requests leave every 1/rate seconds; latency counts from the scheduled departure."""
-    total = int(rate * seconds)
-    latencies = [0.0] * total
-    statuses = [0] * total
-    local = threading.local()
-    start = time.perf_counter() + 0.05
+    """Requests leave every 1/rate seconds; latency counts from the scheduled departure.
 
-    def send(i: int) -> None:
-        if not hasattr(local, "client"):
-            local.client = Client(url, headers)
+    One uvloop event loop on up to `max_in_flight` keep-alive connections, with every request's
+    bytes built beforehand. The generator shares the cores with the server, so its cost shows in the
+    server's figures: at 3x overload here a thread per request with http.client took 24% of the
+    machine, asyncio's own loop 15-16% and uvloop 10-11%; the server's accepted throughput was 12%
+    and 21% higher with uvloop than with asyncio's loop in two alternated rounds."""
+    parts = urlsplit(url)
+    requests_bytes = [_http_request(parts, headers, text) for text in sentences]
+    total = int(rate * seconds)
+    progress = tqdm(total=total, desc=f"open loop, {rate:g} req/s", unit="req", leave=False)
+    cpu_before = cpu_time()
+    address = (parts.hostname, parts.port)
+    latencies, statuses, wall = uvloop.run(_open_loop(address, requests_bytes, rate, total, max_in_flight, progress))
+    progress.close()
+    return summarize("open", rate, latencies, statuses, wall, cpu_time() - cpu_before)
+
+
+def _http_request(parts, headers: dict[str, str], text: str) -> bytes:
+    body = text.encode()
+    lines = [f"POST {parts.path} HTTP/1.1", f"Host: {parts.netloc}", "Content-Type: text/plain; charset=utf-8"]
+    lines += [f"{key}: {value}" for key, value in headers.items()]
+    lines.append(f"Content-Length: {len(body)}")
+    return ("\r\n".join(lines) + "\r\n\r\n").encode() + body
+
+
+async def _exchange(connection, request: bytes) -> tuple[int, bool]:
+    """Send one request on a keep-alive connection and read its whole answer: the status, and
+    whether the connection stays open (TorchServe closes it after a 503)."""
+    reader, writer = connection
+    writer.write(request)
+    head = await reader.readuntil(b"\r\n\r\n")
+    lines = head.decode("latin-1").split("\r\n")
+    fields = dict(line.split(":", 1) for line in lines[1:] if ":" in line)
+    fields = {key.strip().lower(): value.strip() for key, value in fields.items()}
+    await reader.readexactly(int(fields.get("content-length", "0")))
+    return int(lines[0].split()[1]), fields.get("connection", "").lower() != "close"
+
+
+async def _open_loop(address, requests_bytes, rate, total, max_in_flight, progress):
+    """The latency and status of each of `total` requests, and the wall time of them all."""
+    latencies, statuses = [0.0] * total, [0] * total
+    idle: list[tuple[asyncio.StreamReader, asyncio.StreamWriter]] = []
+    slots = asyncio.Semaphore(max_in_flight)
+
+    async def send(i: int, scheduled: float) -> None:
+        async with slots:
+            connection = idle.pop() if idle else None
+            try:
+                connection = connection or await asyncio.open_connection(*address)
+                statuses[i], keep_alive = await _exchange(connection, requests_bytes[i % len(requests_bytes)])
+                if keep_alive:
+                    idle.append(connection)
+                else:
+                    connection[1].close()
+            except (OSError, ValueError, IndexError, asyncio.IncompleteReadError, asyncio.LimitOverrunError):
+                statuses[i] = 0  # a failed connection counts as an error and is not reused
+                if connection:
+                    connection[1].close()
+        latencies[i] = time.perf_counter() - scheduled
+        progress.update()
+
+    # perf_counter, not loop.time(): uvloop's clock ticks in whole milliseconds.
+    start = time.perf_counter() + 0.05
+    tasks = []
+    for i in range(total):
         scheduled = start + i / rate
         delay = scheduled - time.perf_counter()
         if delay > 0:
-            time.sleep(delay)  # keep the schedule: this is the arrival process, not a readiness wait
-        statuses[i] = local.client.post(sentences[i % len(sentences)])
-        latencies[i] = time.perf_counter() - scheduled
-
-    cpu_before = cpu_time()
-    with ThreadPoolExecutor(max_in_flight) as pool:
-        list(
-            tqdm(pool.map(send, range(total)), total=total, desc=f"open loop, {rate:g} req/s", unit="req", leave=False)
-        )
+            await asyncio.sleep(delay)  # keep the schedule: this is the arrival process, not a readiness wait
+        tasks.append(asyncio.create_task(send(i, scheduled)))
+    await asyncio.gather(*tasks)
     wall = time.perf_counter() - start
-    return summarize("open", rate, latencies, statuses, wall, cpu_time() - cpu_before)
+    for _, writer in idle:
+        writer.close()
+    return latencies, statuses, wall
 
 
 def plot(results: list[LevelResult], path: Path) -> None:
