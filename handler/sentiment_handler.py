@@ -58,7 +58,8 @@ class SentimentHandler:
         for idx, row in enumerate(data):
             try:
                 content_type = _content_type(context, idx, row)
-                if context.get_request_header(idx, "explain") == "True":  # POST /explanations/...
+                # The frontend sets "explain" from the path (/explanations/...), over any header a client sends.
+                if context.get_request_header(idx, "explain") == "True":
                     outcomes.append(parse_explanation_request(row, content_type, config))
                 else:
                     outcomes.append(parse_request(row, content_type, config.max_text_chars, config.max_batch_texts))

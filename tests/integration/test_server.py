@@ -343,6 +343,22 @@ def test_explanations_give_the_words_that_carry_the_sentiment_the_largest_attrib
     assert body["sentiment"] == predict(server, text.encode(), "text/plain").json()["sentiment"]
 
 
+def test_a_client_explain_header_does_not_choose_between_prediction_and_explanation(server):
+    """The handler tells explanations from predictions by the request header "explain", which the
+    frontend sets from the path: a client's own header must not turn one into the other."""
+    text = "This app is a total waste of time!"
+    headers = {"Content-Type": "text/plain", **server.auth_header("inference")}
+    base = server.url("inference")
+    spoofed = requests.post(
+        f"{base}/predictions/sentiment", data=text, headers={**headers, "explain": "True"}, timeout=60
+    )
+    assert spoofed.status_code == 200 and "attributions" not in spoofed.json(), spoofed.text
+    kept = requests.post(
+        f"{base}/explanations/sentiment", data=text, headers={**headers, "explain": "False"}, timeout=60
+    )
+    assert kept.status_code == 200 and "attributions" in kept.json(), kept.text
+
+
 PROMQL_WORDS = {"sum", "rate", "by", "le", "histogram_quantile", "e6"}
 
 
