@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import gzip
 import json
+from dataclasses import replace
 
 import pytest
 import torch
@@ -224,6 +225,30 @@ def test_the_teachers_texts_join_in_domain_training_with_its_probabilities_as_ta
     assert [(e.text, e.label) for e in taught] == [("works as promised", "positive")]  # texts with ratings keep them
     assert len(training) - len(taught) + len(validation) == len(reviews)
     assert target_distribution(taught[0], recipe, ("positive", "neutral", "negative")) == [0.7, 0.2, 0.1]
+
+
+def test_rehearsal_adds_general_examples_from_the_named_sources_drawn_with_the_seed():
+    reviews = _toy_reviews()
+    general = [Example(f"pill {i}", "negative", "drugs") for i in range(10)]
+    general += [Example(f"tweet {i}", "positive", "tweets") for i in range(10)]
+    recipe = TrainingRecipe(domain_rehearsal=4, domain_rehearsal_sources="drugs")
+
+    training, validation = domain_splits(recipe, reviews, general)
+    again, _ = domain_splits(recipe, reviews, general)
+    other_seed, _ = domain_splits(replace(recipe, seed=7), reviews, general)
+
+    replayed = [e for e in training if e.source != reviews[0].source]
+    assert len(replayed) == 4 and {e.source for e in replayed} == {"drugs"}
+    assert len(training) - 4 + len(validation) == len(reviews)  # the products' split is unchanged
+    assert training == again and training != other_seed
+    everything, _ = domain_splits(replace(recipe, domain_rehearsal=20, domain_rehearsal_sources=""), reviews, general)
+    assert sorted(e.text for e in everything if e.source != reviews[0].source) == sorted(e.text for e in general)
+
+
+def test_rehearsal_asking_for_more_than_there_are_is_refused():
+    general = [Example("pill", "negative", "drugs")]
+    with pytest.raises(ValueError, match="rehearsal asks for 2 general examples from drugs; there are 1"):
+        domain_splits(TrainingRecipe(domain_rehearsal=2, domain_rehearsal_sources="drugs"), _toy_reviews(), general)
 
 
 def test_teacher_probabilities_in_another_class_order_are_refused(tmp_path):
