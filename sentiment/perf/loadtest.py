@@ -178,8 +178,8 @@ async def _exchange(connection, request: bytes) -> tuple[int, bool]:
     writer.write(request)
     head = await reader.readuntil(b"\r\n\r\n")
     lines = head.decode("latin-1").split("\r\n")
-    fields = dict(line.split(":", 1) for line in lines[1:] if ":" in line)
-    fields = {key.strip().lower(): value.strip() for key, value in fields.items()}
+    pairs = (line.split(":", 1) for line in lines[1:] if ":" in line)
+    fields = {key.strip().lower(): value.strip() for key, value in pairs}
     await reader.readexactly(int(fields.get("content-length", "0")))
     return int(lines[0].split()[1]), fields.get("connection", "").lower() != "close"
 
