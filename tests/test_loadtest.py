@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import sys
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -9,7 +11,7 @@ from typing import ClassVar
 
 import pytest
 
-from sentiment.perf.loadtest import open_loop
+from sentiment.perf.loadtest import event_loop_runner, open_loop
 
 
 class Recorder(BaseHTTPRequestHandler):
@@ -71,3 +73,9 @@ def test_open_loop_counts_latency_from_the_schedule(server):
     # The last request leaves at 0.19 s and is answered after 20 x 50 ms: about 0.8 s late.
     assert result.p99_ms > 600
     assert result.p50_ms > 200
+
+
+def test_without_uvloop_the_open_loop_runs_on_asyncios_own_loop(server, monkeypatch):
+    monkeypatch.setitem(sys.modules, "uvloop", None)  # import uvloop now raises ImportError
+    assert event_loop_runner() is asyncio.run
+    assert open_loop(server, {}, ["ok"], rate=100, seconds=0.1).requests == 10

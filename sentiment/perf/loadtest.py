@@ -27,7 +27,6 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 import requests
-import uvloop
 from tqdm import tqdm
 
 from sentiment.ops.local_server import LocalServer
@@ -158,9 +157,23 @@ def open_loop(url, headers, sentences, rate: float, seconds: float, max_in_fligh
     progress = tqdm(total=total, desc=f"open loop, {rate:g} req/s", unit="req", leave=False)
     cpu_before = cpu_time()
     address = (parts.hostname, parts.port)
-    latencies, statuses, wall = uvloop.run(_open_loop(address, requests_bytes, rate, total, max_in_flight, progress))
+    latencies, statuses, wall = event_loop_runner()(
+        _open_loop(address, requests_bytes, rate, total, max_in_flight, progress)
+    )
     progress.close()
     return summarize("open", rate, latencies, statuses, wall, cpu_time() - cpu_before)
+
+
+def event_loop_runner():
+    """uvloop's run where it is installed (requirements.txt pins it), else asyncio's own (the lent GPU
+    machine cannot install packages). Imported here, not at the top, so that bench.py, which imports
+    this module, runs there too."""
+    try:
+        import uvloop
+    except ImportError:
+        log.info("uvloop is not installed: the open loop runs on asyncio's own event loop, at more CPU per request")
+        return asyncio.run
+    return uvloop.run
 
 
 def _http_request(parts, headers: dict[str, str], text: str) -> bytes:
