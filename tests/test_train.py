@@ -17,7 +17,9 @@ from sentiment.training.corpora import Example
 from sentiment.training.train import (
     TrainingRecipe,
     domain_splits,
+    drug_holdout_split,
     fit_linear_probe,
+    load_splits,
     load_teacher_targets,
     parse_bool,
     rating_band_probabilities,
@@ -243,6 +245,19 @@ def test_rehearsal_adds_general_examples_from_the_named_sources_drawn_with_the_s
     assert training == again and training != other_seed
     everything, _ = domain_splits(replace(recipe, domain_rehearsal=20, domain_rehearsal_sources=""), reviews, general)
     assert sorted(e.text for e in everything if e.source != reviews[0].source) == sorted(e.text for e in general)
+
+
+def test_held_out_drug_reviews_leave_the_general_training_set_the_same_way_every_time():
+    corpus = [Example(f"pill {i}", "negative", "drugs") for i in range(40)]
+    corpus += [Example(f"tweet {i}", "positive", "tweets") for i in range(40)]
+    recipe = TrainingRecipe(holdout_drug_reviews=5, validation_fraction=0.1)
+
+    train_set, validation = load_splits(recipe, corpus)
+    kept, held_out = drug_holdout_split(recipe, load_splits(replace(recipe, holdout_drug_reviews=0), corpus)[0])
+
+    assert len(held_out) == 5 and {e.source for e in held_out} == {"drugs"}
+    assert train_set == kept and not {e.text for e in held_out} & {e.text for e in train_set + validation}
+    assert len(train_set) + 5 + len(validation) == len(corpus)
 
 
 def test_rehearsal_asking_for_more_than_there_are_is_refused():
