@@ -261,9 +261,7 @@ def load_splits(recipe: TrainingRecipe, corpus: list[Example] | None = None) -> 
 def drug_holdout_split(recipe: TrainingRecipe, train_set: list[Example]) -> tuple[list[Example], list[Example]]:
     """The general training examples without `recipe.holdout_drug_reviews` drug reviews, and those reviews."""
     drugs = [e for e in train_set if e.source == "drugs"]
-    held_out = (
-        random.Random(recipe.seed).sample(drugs, recipe.holdout_drug_reviews) if recipe.holdout_drug_reviews else []
-    )
+    held_out = random.Random(recipe.seed).sample(drugs, recipe.holdout_drug_reviews)
     held_texts = {e.text for e in held_out}
     return [e for e in train_set if e.text not in held_texts], held_out
 
