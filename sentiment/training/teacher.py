@@ -139,8 +139,9 @@ def train_teacher(model, tokenizer, recipe: TeacherRecipe, config: ModelConfig) 
     """Fine-tune `model` in place: a sample of the general corpus, then the development products; calibrate it on
     the held-out development reviews. Returns what the run measured."""
     # The student's recipe for what the stages share (weight decay, warmup, label smoothing, splits).
-    student = TrainingRecipe(seed=recipe.seed)
-    general_train, _ = load_splits(student)
+    # The teacher was fitted before the student held drug reviews out and rehearsed them; it keeps its data.
+    student = TrainingRecipe(seed=recipe.seed, holdout_drug_reviews=0, domain_rehearsal=0)
+    general_train, _, _ = load_splits(student)
     general_train = random.Random(recipe.seed).sample(general_train, min(recipe.general_examples, len(general_train)))
     domain_train, domain_validation = domain_splits(student)
     general = Stage("teacher general", 1, recipe.general_learning_rate, recipe.batch_size, False, False)
