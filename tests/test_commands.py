@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -66,3 +68,18 @@ def test_the_gpu_precision_table_runs_end_to_end_on_the_cpu(model_dir):
     assert all(r["first_texts_per_s"] > 0 and r["warm_texts_per_s"] > 0 for r in rows)
     table = precision_markdown(rows)
     assert table.count("\n") == 3 and "fp16 >= fp32" in table
+
+
+def test_the_ceiling_measures_each_layout_sustained_and_keeps_the_best(model_dir):
+    """Row (a) on the tiny model: a sweep picks the batch size, then one process on every core and one
+    single-thread process per core each run it for the given time; the row reports the better."""
+    from sentiment.perf.bench import ceiling
+
+    sentences = [f"text number {i} is {'good ' * (i % 7)}" for i in range(64)]
+    row = ceiling(sentences, seconds=0.5, batch_sizes=(4, 16), config_path=model_dir / "config.json")
+
+    rates = dict(re.findall(r"(\d+ process(?:es)? x \d+ threads?): ([\d.]+)", row.settings))
+    assert f"{os.cpu_count()} processes x 1 thread" in rates and any(k.startswith("1 process x ") for k in rates)
+    assert len(rates) == 2 and all(float(rate) > 0 for rate in rates.values())
+    assert row.throughput == max(float(rate) for rate in rates.values())
+    assert re.match(r"batch (4|16), \w+, cpu, ", row.settings) and "sustained 0.5 s" in row.settings
