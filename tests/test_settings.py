@@ -59,13 +59,16 @@ def test_gpu_server_settings_apply_only_where_workers_see_gpus(tmp_path, monkeyp
     server = LocalServer(run_dir=tmp_path, model_store=tmp_path / "store")
     monkeypatch.setattr(local_server, "gpu_count", lambda: 0)
     assert server.gpu_settings() == {}
-    assert parse_properties(server.render_properties())["job_queue_size"] == PROPERTIES["job_queue_size"]
+    on_cpu = parse_properties(server.render_properties())
+    assert on_cpu["job_queue_size"] == PROPERTIES["job_queue_size"]
+    assert on_cpu["vmargs"] == "-XX:TieredStopAtLevel=1"  # C1 only: C2 compiles on the workers' cores
     monkeypatch.setattr(local_server, "gpu_count", lambda: 2)
     per_gpu = int(parse_properties((PROJECT_DIR / "config.gpu.properties").read_text())["workers_per_gpu"])
     rendered = parse_properties(server.render_properties())
     assert rendered["default_workers_per_model"] == str(2 * per_gpu)
     assert "workers_per_gpu" not in rendered
     assert rendered["job_queue_size"] != PROPERTIES["job_queue_size"]
+    assert rendered["vmargs"] == ""  # the JVM's default compilers (TorchServe adds no arguments for "")
 
 
 def test_run_folder_copy_applies_overrides_and_model_store(tmp_path):
