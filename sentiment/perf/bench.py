@@ -1,6 +1,7 @@
 """Side by side, on the same sentences and machine, in one run:
 
-  (a) ceiling   the model in-process at its best batch size, in the served precision
+  (a) ceiling   the model in-process at its best batch size, in the served precision, sustained as long as
+                the served rows, in the better of two layouts (one process on every core; one per core)
   (b) project   TorchServe with this project's defaults (config.json + config.properties)
   (c) tutorial  TorchServe the tutorial's way: batch size 1, every text padded to 160 tokens, fp32
   (d) batches   TorchServe with the defaults, clients sending 32 texts per request ({"texts": [...]}),
