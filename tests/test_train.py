@@ -19,6 +19,7 @@ from sentiment.training.train import (
     domain_splits,
     drug_holdout_split,
     fit_linear_probe,
+    fit_temperature_and_biases,
     load_splits,
     load_teacher_targets,
     parse_bool,
@@ -58,6 +59,7 @@ def test_training_writes_calibrated_weights_the_server_loads(tmp_path, tiny_bert
     assert "bert.embeddings.word_embeddings.weight" not in names  # frozen: the backbone provides it
     assert json.loads(output.with_suffix(".json").read_text())["validation_examples"] == 17
     assert report["calibrated_on"] == "general validation" and "domain_history" not in report
+    assert list(report["class_biases"]) == list(config.class_names)
     assert [h["epoch"] for h in report["history"]] == [1, 2]
     classifier = SentimentClassifier(config).load()  # what a worker does with the file
     assert classifier.precision == "int8"
@@ -276,6 +278,22 @@ def test_the_report_scores_the_held_out_drug_reviews_as_served(tmp_path, tiny_be
     assert held_out["examples"] == 6 and 0 <= held_out["accuracy"] <= 1 and 0 <= held_out["ece"] <= 1
     assert report["train_examples"] + report["validation_examples"] + 6 == len(corpus)
     assert "held_out_drug_reviews" not in train(replace(recipe, holdout_drug_reviews=0), config, tmp_path / "w", corpus)
+
+
+def test_class_biases_move_answers_toward_a_class_the_logits_under_predict():
+    generator = torch.Generator().manual_seed(0)
+    labels = torch.randint(0, 3, (600,), generator=generator)
+    logits = torch.nn.functional.one_hot(labels, 3).float() * 3 + torch.randn(600, 3, generator=generator)
+    logits[:, 1] -= 2.0  # the model calls neutral too rarely
+
+    temperature, biases = fit_temperature_and_biases(logits, labels, class_biases=True)
+    alone, no_biases = fit_temperature_and_biases(logits, labels, class_biases=False)
+
+    assert biases[1] > biases[0] + 1 and biases[1] > biases[2] + 1 and not no_biases.any()
+    nll = torch.nn.functional.cross_entropy
+    assert nll(logits / temperature + biases, labels) < nll(logits / alone, labels) - 0.05
+    neutral_called = ((logits / temperature + biases).argmax(-1) == 1).sum()
+    assert neutral_called > (logits.argmax(-1) == 1).sum()
 
 
 def test_rehearsal_asking_for_more_than_there_are_is_refused():
