@@ -83,3 +83,10 @@ def test_the_ceiling_measures_each_layout_sustained_and_keeps_the_best(model_dir
     assert len(rates) == 2 and all(float(rate) > 0 for rate in rates.values())
     assert row.throughput == max(float(rate) for rate in rates.values())
     assert re.match(r"batch (4|16), \w+, cpu, ", row.settings) and "sustained 0.5 s" in row.settings
+
+
+def test_a_ceiling_process_that_fails_stops_the_bench_instead_of_hanging_it(tmp_path):
+    from sentiment.perf.bench import sustained_rate
+
+    with pytest.raises(RuntimeError, match="an in-process ceiling process failed"):
+        sustained_rate(["good"], batch=1, seconds=0.1, processes=2, threads=1, config_path=tmp_path / "missing.json")

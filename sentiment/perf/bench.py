@@ -33,6 +33,7 @@ import json
 import logging
 import multiprocessing
 import os
+import queue
 import re
 import statistics
 import tempfile
@@ -137,9 +138,20 @@ def sustained_rate(
     ]
     for worker in workers:
         worker.start()
-    rates = [results.get(timeout=seconds + 600) for _ in workers]
-    for worker in workers:
-        worker.join()
+    rates: list[float] = []
+    try:
+        while len(rates) < processes:
+            try:
+                rates.append(results.get(timeout=5))
+            except queue.Empty:
+                failed = [w.exitcode for w in workers if w.exitcode not in (None, 0)]
+                if failed:  # the others would wait at the barrier for ever
+                    raise RuntimeError(f"an in-process ceiling process failed (exit codes {failed})") from None
+    finally:
+        for worker in workers:
+            if len(rates) < processes:
+                worker.terminate()
+            worker.join()
     return sum(rates)
 
 
