@@ -27,7 +27,7 @@ POSITIVE = "OMG. I love how easy it is to stick to my schedule. Would recommend 
 # the shift stays small; over 1,024 review sentences it was 0.025 in the median (README).
 BATCH_TOLERANCE = 0.02
 INT8_MEDIAN_SHIFT = 0.05
-INT8_MAX_SHIFT = 0.50  # the largest int8 shift measured (README, model card: limits)
+INT8_MAX_SHIFT = 0.51  # just above the largest int8 shift measured (0.504) (README, model card: limits)
 
 # (body bytes, Content-Type, what the error must say)
 BAD_INPUTS = {
