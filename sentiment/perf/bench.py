@@ -12,7 +12,10 @@
 Prints throughput, idle single-request latency and worker memory, the ratios b/c, b/a and d/a, and
 writes reports/bench.json and reports/bench.md (the table the README shows). The load comes from
 wrk where it is installed (it costs the machine far less CPU than Python clients), else from
-Python threads; each row says which, and how much of the machine it used.
+Python threads; each row says which, and how much of the machine it used. A served row's texts/s is
+the server's steady rate: the requests TorchServe received during the middle `--seconds` of a load
+that runs 2 s longer on each side (the generator's own count, ramp and tail included, is kept in
+bench.json as `generator_throughput`).
 
 On a GPU the defaults change: 256 clients (64 for batch requests), the GPU's serving settings
 (model-config.yaml's gpu section, config.gpu.properties), the tutorial row left out unless asked
@@ -38,8 +41,11 @@ import re
 import statistics
 import tempfile
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
+
+import requests
 
 from sentiment.ops.archive import build, model_yaml_for
 from sentiment.ops.local_server import LocalServer
@@ -64,6 +70,8 @@ TUTORIAL = {
 # Row (d): clients that send lists of texts, {"texts": [...]}, on the CPU and on a GPU.
 BATCH_REQUEST_TEXTS = {"cpu": 32, "gpu": 64}
 PRECISION_BATCHES = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512)
+# Seconds of load before and after a served row's measured window (its ramp and its tail).
+STEADY_MARGIN = 2.0
 
 
 @dataclass
@@ -80,6 +88,7 @@ class Row:
     p99_ms: float | None = None  # under the throughput run's load
     requests_per_second: float | None = None
     worker_devices: list[str] | None = None  # where each worker loaded the model, from its log
+    generator_throughput: float | None = None  # texts/s as the generator counted them, ramp and tail included
 
 
 def ceiling(
@@ -193,6 +202,34 @@ def worker_devices(server: LocalServer) -> list[str]:
     return [found[worker] for worker in sorted(found)]
 
 
+def arrived_requests(server: LocalServer) -> float:
+    """TorchServe's own count of the inference requests its models have received
+    (`ts_inference_requests_total` on the metrics API, summed over models)."""
+    text = requests.get(f"{server.url('metrics')}/metrics", headers=server.auth_header("management"), timeout=10).text
+    counts = re.findall(r"^ts_inference_requests_total\{[^}]*\} (\S+)$", text, re.MULTILINE)
+    return sum(map(float, counts))
+
+
+def steady_rate(server: LocalServer, run_load, seconds: float, margin: float = STEADY_MARGIN):
+    """Run `run_load(duration)` for `seconds` plus `margin` on each side, and count the requests the server
+    received between the margins: its rate in the steady state, as the ceiling's is.
+
+    A closed loop's generator divides the answers that came before its deadline by its duration, which
+    leaves out the work on the requests in flight when it stops and the ramp before the first answers;
+    for row (d)'s batches of 32, side by side in one run, that read 1-3% below the steady rate here. In
+    a closed loop every answer is followed by the next request, so past the ramp the requests received
+    per second are the requests answered per second. Returns the generator's result and that rate."""
+    with ThreadPoolExecutor(1) as pool:
+        started = time.monotonic()
+        future = pool.submit(run_load, seconds + 2 * margin)
+        time.sleep(margin)  # the measurement's clock, not a wait for readiness: the server is up and warm
+        first, window_start = arrived_requests(server), time.monotonic()
+        time.sleep(max(0.0, started + margin + seconds - time.monotonic()))
+        last, window_end = arrived_requests(server), time.monotonic()
+        result = future.result()
+    return result, (last - first) / (window_end - window_start)
+
+
 def load(url, headers, sentences, concurrency, seconds, texts_per_request, generator):
     """A closed loop of single-text (text/plain) or batch ({"texts": [...]}) requests."""
     if generator == "python":
@@ -241,7 +278,11 @@ def measure_server(
         # its last requests queued, and with a short queue those made the measured run's first
         # requests get 503 and cost the run their work (the tutorial row: 271 of 873 requests).
         closed_loop(url, headers, sentences, concurrency, 2, texts_per_request)
-        result = load(url, headers, sentences, concurrency, seconds, texts_per_request, generator)
+
+        def run_load(duration: float):
+            return load(url, headers, sentences, concurrency, duration, texts_per_request, generator)
+
+        result, received_per_second = steady_rate(server, run_load, seconds)
         if result.errors:
             log.warning("%s: %d errors of %d requests", name, result.errors, result.requests)
         workers, rss = worker_rss_mb(server)
@@ -252,11 +293,11 @@ def measure_server(
     if texts_per_request > 1:
         described += f', {{"texts": [...]}} of {texts_per_request}'
     described += f", {concurrency} clients"
-    texts_per_second = round(result.throughput * texts_per_request, 1)
+    answered = received_per_second * (1 - result.errors / result.requests) if result.requests else 0.0
     return Row(
         name,
         described,
-        texts_per_second,
+        round(answered * texts_per_request, 1),
         latency,
         workers,
         rss,
@@ -264,8 +305,9 @@ def measure_server(
         generator,
         result.errors,
         result.p99_ms,
-        result.throughput,
+        round(answered, 1),
         devices,
+        round(result.throughput * texts_per_request, 1),
     )
 
 
@@ -371,7 +413,7 @@ def main() -> None:
 
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--seconds", type=float, default=15.0, help="closed-loop time per server configuration")
+    parser.add_argument("--seconds", type=float, default=15.0, help="measured time per configuration")
     parser.add_argument("--concurrency", type=int, help="clients for the throughput runs (16; 256 on a GPU)")
     parser.add_argument("--batch-concurrency", type=int, help="clients sending batch requests (16; 64 on a GPU)")
     parser.add_argument("--sentences", type=int, default=4096)

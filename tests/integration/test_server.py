@@ -390,3 +390,22 @@ def test_the_wrk_load_generator_drives_the_real_server(server):
     assert result.requests > 10 and result.errors == 0
     refused = wrk.closed_loop(url, server.auth_header("inference"), ['{"text": 3}'], "application/json", 1, 1)
     assert refused.requests > 0 and refused.errors == refused.requests  # non-200 answers are counted
+
+
+def test_the_bench_counts_served_throughput_from_the_requests_the_server_received(server):
+    """`make bench` reads a served row's rate from TorchServe's count of received requests inside the
+    generator's run (`steady_rate`): the count must move by exactly the requests sent, scrapes not
+    included, and the rate must be the generator's order of magnitude."""
+    from sentiment.perf.bench import arrived_requests, steady_rate
+    from sentiment.perf.loadtest import closed_loop
+
+    before = arrived_requests(server)
+    for text in (NEGATIVE, POSITIVE, "a phone"):
+        assert predict(server, text.encode(), "text/plain").status_code == 200
+    assert arrived_requests(server) - before == 3
+    assert arrived_requests(server) - before == 3
+
+    url, headers = f"{server.url('inference')}/predictions/sentiment", server.auth_header("inference")
+    result, rate = steady_rate(server, lambda seconds: closed_loop(url, headers, [NEGATIVE], 2, seconds), 1.0, 0.5)
+    assert result.errors == 0 and result.seconds >= 1.9  # the generator ran through both margins
+    assert 0.5 * result.throughput < rate < 2 * result.throughput
