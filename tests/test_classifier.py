@@ -12,7 +12,7 @@ from safetensors.torch import save_file
 from sentiment.project import DEFAULT_CONFIG
 from sentiment.serving.classifier import SentimentClassifier, forward_passes, weights_metadata
 from sentiment.serving.config import ConfigError, ModelConfig
-from tests.tiny_models import CLASS_NAMES, write_model_dir
+from tests.tiny_models import CLASS_NAMES, save_tiny_mpnet, write_model_dir
 
 
 def load(model_dir):
@@ -86,6 +86,24 @@ def test_a_batch_of_n_equals_n_singles(classifier):
         assert alone.sentiment == together.sentiment
         for name in CLASS_NAMES:
             assert alone.probabilities[name] == pytest.approx(together.probabilities[name], abs=1e-5)
+
+
+def test_an_mpnet_encoder_serves_with_mean_pooling_a_batch_equal_to_singles(tmp_path, tiny_bert_dir):
+    """Backbones other than BERT (the large model is MPNet) get the generic mean-pooling head."""
+    mpnet = save_tiny_mpnet(tmp_path / "mpnet", tiny_bert_dir)
+    classifier = load(write_model_dir(tmp_path / "m", mpnet, POOLING="mean"))
+    assert type(classifier.model).__name__ == "MeanPoolingEncoderClassifier"
+    texts = ["good", "awful waste of time", "love the app , easy schedule !"]
+    for text, together in zip(texts, classifier.predict(texts), strict=True):
+        (alone,) = classifier.predict([text])
+        for name in CLASS_NAMES:
+            assert alone.probabilities[name] == pytest.approx(together.probabilities[name], abs=1e-5)
+
+
+def test_an_mpnet_encoder_with_pooler_pooling_is_refused_naming_the_fix(tmp_path, tiny_bert_dir):
+    mpnet = save_tiny_mpnet(tmp_path / "mpnet", tiny_bert_dir)
+    with pytest.raises(ConfigError, match="'mpnet' encoder: only POOLING \"mean\""):
+        load(write_model_dir(tmp_path / "m", mpnet, POOLING="pooler"))
 
 
 def test_empty_batch_runs_no_model(classifier):

@@ -12,8 +12,10 @@ import pytest
 import torch
 
 from sentiment.project import DEFAULT_CONFIG
+from sentiment.serving.classifier import SentimentClassifier, mean_pooling_encoder_classifier
 from sentiment.serving.config import ModelConfig
 from sentiment.training import corpora, teacher
+from tests.tiny_models import save_tiny_mpnet
 
 
 def _write_parts(data_dir, payload: bytes) -> None:
@@ -59,7 +61,7 @@ def test_the_pooled_head_scores_a_text_the_same_alone_and_padded(tiny_bert_dir):
     from transformers import AutoModel, AutoTokenizer
 
     torch.manual_seed(0)
-    model = teacher._mean_pooling_classifier(AutoModel.from_pretrained(tiny_bert_dir), 3).eval()
+    model = mean_pooling_encoder_classifier(AutoModel.from_pretrained(tiny_bert_dir), corpora.SENTIMENTS).eval()
     tokenizer = AutoTokenizer.from_pretrained(tiny_bert_dir)
     alone = model(**tokenizer(["good"], return_tensors="pt")).logits
     padded = model(**tokenizer(["good", "bad awful hate it"], padding=True, return_tensors="pt")).logits
@@ -110,3 +112,41 @@ def test_rescoring_without_a_trained_teacher_says_how_to_train_one(tmp_path, mon
     config = ModelConfig.from_file(DEFAULT_CONFIG)
     with pytest.raises(FileNotFoundError, match="run `make teacher` first"):
         teacher.teach(teacher.TeacherRecipe(), config, tmp_path / "p.json.gz", rescore=True)
+
+
+def test_the_trained_teacher_exports_as_a_served_model_with_its_own_limits(tmp_path, tiny_bert_dir, monkeypatch):
+    """`make large`: the teacher's weights become a model folder that loads the way a worker loads it,
+    answers as the teacher does (its temperature included), in fp32 on a CPU and fp16 on a GPU, with
+    request limits and a timeout that fit its cost."""
+    from safetensors.torch import save_file
+    from transformers import AutoModel
+
+    backbone = save_tiny_mpnet(tmp_path / "mpnet", tiny_bert_dir)
+    torch.manual_seed(5)
+    trained = mean_pooling_encoder_classifier(AutoModel.from_pretrained(backbone), corpora.SENTIMENTS).eval()
+    weights = tmp_path / "teacher.safetensors"
+    state = {name: t.contiguous() for name, t in trained.state_dict().items()}
+    save_file(state, str(weights), metadata={"training": json.dumps({"temperature": 1.5})})
+    monkeypatch.setattr(teacher, "WEIGHTS", weights)
+    monkeypatch.setattr(teacher, "unpack_backbone", lambda: backbone)
+
+    config_path = teacher.export_served_model(tmp_path / "sentiment-large", max_sequence_len=16)
+
+    config = ModelConfig.from_file(config_path)
+    assert (config.precision, config.for_device("cuda:0").precision, config.pooling) == ("fp32", "fp16", "mean")
+    assert config.max_handle_tokens == config.max_batch_texts * 16 and config.max_batch_texts < 64
+    assert "responseTimeout: 15" in (config_path.parent / "model-config.yaml").read_text()
+    served = SentimentClassifier(config).load()
+    assert served.temperature == 1.5
+    texts = ["good phone", "bad awful hate it"]
+    inputs = served.tokenize(texts)[0]
+    with torch.inference_mode():
+        expected = torch.softmax(trained(**inputs).logits / 1.5, dim=-1)
+    answered = torch.tensor([[p.probabilities[n] for n in corpora.SENTIMENTS] for p in served.predict(texts)])
+    torch.testing.assert_close(answered, expected, atol=2e-3, rtol=0)  # the encoder is stored in fp16
+
+
+def test_exporting_without_a_trained_teacher_says_how_to_train_one(tmp_path, monkeypatch):
+    monkeypatch.setattr(teacher, "WEIGHTS", tmp_path / "teacher.safetensors")
+    with pytest.raises(FileNotFoundError, match="run `make teacher` first"):
+        teacher.export_served_model(tmp_path / "large")

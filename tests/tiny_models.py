@@ -52,6 +52,28 @@ def save_tiny_bert(path: Path) -> Path:
     return path
 
 
+def save_tiny_mpnet(path: Path, tokenizer_dir: Path) -> Path:
+    """A 2-layer MPNet (the large model's architecture) with the tiny BERT's tokenizer."""
+    from transformers import MPNetConfig, MPNetModel
+
+    path.mkdir(parents=True, exist_ok=True)
+    for name in ("vocab.txt", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json"):
+        if (tokenizer_dir / name).is_file():
+            (path / name).write_bytes((tokenizer_dir / name).read_bytes())
+    torch.manual_seed(0)
+    config = MPNetConfig(
+        vocab_size=len((tokenizer_dir / "vocab.txt").read_text().split()),
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=37,
+        max_position_embeddings=140,
+        pad_token_id=0,  # the tiny tokenizer's [PAD]
+    )
+    MPNetModel(config).save_pretrained(path, safe_serialization=True)
+    return path
+
+
 def write_model_dir(path: Path, bert_dir: Path, **overrides) -> Path:
     """config.json plus a random classifier head, seeded so every call builds the same model.
 

