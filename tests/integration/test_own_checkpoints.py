@@ -46,3 +46,56 @@ def test_own_checkpoint_serves_beside_the_default_under_its_own_name(tmp_path, d
             assert body["probabilities"] == pytest.approx(prediction.probabilities, abs=1e-5)
     finally:
         server.stop()
+
+
+def test_the_large_models_layout_serves_beside_the_default_with_its_own_settings(
+    tmp_path, default_archive, monkeypatch
+):
+    """What `make large` builds (an MPNet encoder, fp32, its own limits and model-config.yaml), on a
+    tiny random MPNet standing in for the 438 MB teacher."""
+    import json
+
+    import requests
+    import torch
+    from safetensors.torch import save_file
+    from transformers import AutoModel
+
+    from sentiment.serving.classifier import mean_pooling_encoder_classifier
+    from sentiment.training import teacher
+    from tests.tiny_models import save_tiny_mpnet
+
+    backbone = save_tiny_mpnet(tmp_path / "mpnet", save_tiny_bert(tmp_path / "bert"))
+    torch.manual_seed(5)
+    trained = mean_pooling_encoder_classifier(AutoModel.from_pretrained(backbone), teacher.SENTIMENTS)
+    state = {name: t.contiguous() for name, t in trained.state_dict().items()}
+    save_file(state, str(tmp_path / "teacher.safetensors"), metadata={"training": json.dumps({"temperature": 1.2})})
+    monkeypatch.setattr(teacher, "WEIGHTS", tmp_path / "teacher.safetensors")
+    monkeypatch.setattr(teacher, "unpack_backbone", lambda: backbone)
+    config = teacher.export_served_model(tmp_path / "sentiment-large", max_sequence_len=16)
+    classifier = SentimentClassifier(ModelConfig.from_file(config)).load()
+    expected = classifier.predict(TEXTS)  # fp32: the same alone or batched
+
+    store = tmp_path / "store"
+    assert build(config, store).name == "sentiment-large.mar"
+    (store / "sentiment.mar").symlink_to(default_archive / "sentiment.mar")
+    server = LocalServer.on_free_ports(tmp_path / "run", store, models=("sentiment", "sentiment-large"))
+    server.start(timeout=180)
+    try:
+        for text, prediction in zip(TEXTS, expected, strict=True):
+            response = ask(server, text, model="sentiment-large")
+            assert response.status_code == 200, response.text
+            assert response.json()["probabilities"] == pytest.approx(prediction.probabilities, abs=1e-5)
+        too_many = requests.post(
+            f"{server.url('inference')}/predictions/sentiment-large",
+            json={"texts": ["good"] * 17},
+            headers=server.auth_header("inference"),
+            timeout=30,
+        )
+        assert too_many.status_code == 400 and "1 to 16 texts. Given: 17" in too_many.json()["error"]
+        described = requests.get(
+            f"{server.url('management')}/models/sentiment-large", headers=server.auth_header("management"), timeout=10
+        ).json()
+        assert described[0]["responseTimeout"] == 15  # its own model-config.yaml travelled in its archive
+        assert ask(server, "This app is a total waste of time!").json()["sentiment"] == "negative"
+    finally:
+        server.stop()
