@@ -12,6 +12,8 @@ DATA_DIR = PROJECT_DIR / "data"
 REPORTS_DIR = PROJECT_DIR / "reports"
 # The default model's name: its archive is model_store/sentiment.mar, its URL /predictions/sentiment.
 DEFAULT_MODEL = "sentiment"
+# The MPNet teacher served beside it on request (`make large`): models/sentiment-large.
+LARGE_MODEL = "sentiment-large"
 
 
 def model_name_for(config_path: Path) -> str:

