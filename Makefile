@@ -67,7 +67,7 @@ teacher: $(STAMP) $(VADER) $(SENTENCES) $(UNLABELLED) $(TEACHER_PARTS) ## fine-t
 	$(BIN)/sentiment-teacher $(ARGS)
 
 # The teacher as a second served model (`make run MODELS="sentiment sentiment-large"`); it needs `make teacher` first.
-large: $(STAMP) ## the MPNet teacher as model_store/sentiment-large.mar (after make teacher; 220 MB, fp32 on CPU: about 20x the default's cost)
+large: $(STAMP) ## the MPNet teacher as model_store/sentiment-large.mar (after make teacher; 203 MB, fp32 on CPU: 20-30x the default's cost per text)
 	$(BIN)/sentiment-teacher --export models/sentiment-large
 	$(BIN)/sentiment-archive --config models/sentiment-large/config.json $(if $(DEVICE),--device $(DEVICE))
 
