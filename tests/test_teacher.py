@@ -15,7 +15,7 @@ from sentiment.project import DEFAULT_CONFIG
 from sentiment.serving.classifier import SentimentClassifier, mean_pooling_encoder_classifier
 from sentiment.serving.config import ModelConfig
 from sentiment.training import corpora, teacher
-from tests.tiny_models import save_tiny_mpnet
+from tests.tiny_models import save_trained_teacher
 
 
 def _write_parts(data_dir, payload: bytes) -> None:
@@ -118,15 +118,7 @@ def test_the_trained_teacher_exports_as_a_served_model_with_its_own_limits(tmp_p
     """`make large`: the teacher's weights become a model folder that loads the way a worker loads it,
     answers as the teacher does (its temperature included), in fp32 on a CPU and fp16 on a GPU, with
     request limits and a timeout that fit its cost."""
-    from safetensors.torch import save_file
-    from transformers import AutoModel
-
-    backbone = save_tiny_mpnet(tmp_path / "mpnet", tiny_bert_dir)
-    torch.manual_seed(5)
-    trained = mean_pooling_encoder_classifier(AutoModel.from_pretrained(backbone), corpora.SENTIMENTS).eval()
-    weights = tmp_path / "teacher.safetensors"
-    state = {name: t.contiguous() for name, t in trained.state_dict().items()}
-    save_file(state, str(weights), metadata={"training": json.dumps({"temperature": 1.5})})
+    backbone, weights, trained = save_trained_teacher(tmp_path, tiny_bert_dir, temperature=1.5)
     monkeypatch.setattr(teacher, "WEIGHTS", weights)
     monkeypatch.setattr(teacher, "unpack_backbone", lambda: backbone)
 

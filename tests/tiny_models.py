@@ -74,6 +74,22 @@ def save_tiny_mpnet(path: Path, tokenizer_dir: Path) -> Path:
     return path
 
 
+def save_trained_teacher(folder: Path, tokenizer_dir: Path, temperature: float):
+    """A tiny MPNet "teacher trained before", laid out as `make teacher` leaves it: the backbone folder
+    and teacher.safetensors with its training record. Returns (backbone, weights, the model)."""
+    from transformers import AutoModel
+
+    from sentiment.serving.classifier import mean_pooling_encoder_classifier
+
+    backbone = save_tiny_mpnet(folder / "mpnet", tokenizer_dir)
+    torch.manual_seed(5)
+    trained = mean_pooling_encoder_classifier(AutoModel.from_pretrained(backbone), tuple(CLASS_NAMES)).eval()
+    weights = folder / "teacher.safetensors"
+    state = {name: t.contiguous() for name, t in trained.state_dict().items()}
+    save_file(state, str(weights), metadata={"training": json.dumps({"temperature": temperature})})
+    return backbone, weights, trained
+
+
 def write_model_dir(path: Path, bert_dir: Path, **overrides) -> Path:
     """config.json plus a random classifier head, seeded so every call builds the same model.
 

@@ -168,7 +168,6 @@ def train_teacher(model, tokenizer, recipe: TeacherRecipe, config: ModelConfig) 
 
 def teach(recipe: TeacherRecipe, config: ModelConfig, output: Path = PROBABILITIES, rescore: bool = False) -> dict:
     """Train the teacher (or, with `rescore`, load the one trained before) and write its probabilities."""
-    from safetensors import safe_open
     from safetensors.torch import save_file
     from transformers import AutoModel, AutoTokenizer
 
@@ -182,10 +181,7 @@ def teach(recipe: TeacherRecipe, config: ModelConfig, output: Path = PROBABILITI
     tokenizer = AutoTokenizer.from_pretrained(folder)
     model = mean_pooling_encoder_classifier(AutoModel.from_pretrained(folder), SENTIMENTS)
     if rescore:
-        with safe_open(str(WEIGHTS), framework="pt") as weights:
-            names = weights.keys()
-            model.load_state_dict({name: weights.get_tensor(name) for name in names})
-            trained = json.loads(weights.metadata()["training"])
+        trained = _load_trained(model)
         log.info("loaded the teacher trained before from %s", WEIGHTS)
     else:
         trained = train_teacher(model, tokenizer, recipe, config)
@@ -211,6 +207,16 @@ def teach(recipe: TeacherRecipe, config: ModelConfig, output: Path = PROBABILITI
     return report
 
 
+def _load_trained(model) -> dict:
+    """The teacher trained before (WEIGHTS) into `model`; returns what its training recorded."""
+    from safetensors import safe_open
+
+    with safe_open(str(WEIGHTS), framework="pt") as weights:
+        names = weights.keys()
+        model.load_state_dict({name: weights.get_tensor(name) for name in names})
+        return json.loads(weights.metadata()["training"])
+
+
 def export_served_model(output: Path = LARGE_MODEL_DIR, max_sequence_len: int = 128) -> Path:
     """The teacher trained before, as a model folder the server archives and serves beside the default
     (`make large`): bert/ with the fine-tuned encoder in fp16 (half the archive's size; a worker loads
@@ -218,25 +224,22 @@ def export_served_model(output: Path = LARGE_MODEL_DIR, max_sequence_len: int = 
     and config.json. Returns the config.json, after loading the folder back the way a worker will."""
     import shutil
 
-    from safetensors import safe_open
     from safetensors.torch import save_file
     from transformers import AutoModel
 
     from sentiment.serving.classifier import SentimentClassifier
+    from sentiment.training.import_checkpoint import TOKENIZER_FILES
 
     if not WEIGHTS.is_file():
         raise FileNotFoundError(f"{WEIGHTS} is missing: run `make teacher` first (about 25 minutes)")
     folder = unpack_backbone()
     model = mean_pooling_encoder_classifier(AutoModel.from_pretrained(folder), SENTIMENTS)
-    with safe_open(str(WEIGHTS), framework="pt") as weights:
-        names = weights.keys()
-        model.load_state_dict({name: weights.get_tensor(name) for name in names})
-        trained = json.loads(weights.metadata()["training"])
+    trained = _load_trained(model)
     if output.exists():
         shutil.rmtree(output)
     encoder_dir = output / "bert"
     model.encoder.half().save_pretrained(encoder_dir, safe_serialization=True)
-    for name in ("tokenizer.json", "tokenizer_config.json", "vocab.txt", "special_tokens_map.json"):
+    for name in TOKENIZER_FILES:
         if (folder / name).is_file():
             shutil.copy2(folder / name, encoder_dir / name)
     head = {name: t.float().contiguous() for name, t in model.state_dict().items() if name.startswith("classifier.")}

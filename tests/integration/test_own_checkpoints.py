@@ -53,23 +53,13 @@ def test_the_large_models_layout_serves_beside_the_default_with_its_own_settings
 ):
     """What `make large` builds (an MPNet encoder, fp32, its own limits and model-config.yaml), on a
     tiny random MPNet standing in for the 438 MB teacher."""
-    import json
-
     import requests
-    import torch
-    from safetensors.torch import save_file
-    from transformers import AutoModel
 
-    from sentiment.serving.classifier import mean_pooling_encoder_classifier
     from sentiment.training import teacher
-    from tests.tiny_models import save_tiny_mpnet
+    from tests.tiny_models import save_trained_teacher
 
-    backbone = save_tiny_mpnet(tmp_path / "mpnet", save_tiny_bert(tmp_path / "bert"))
-    torch.manual_seed(5)
-    trained = mean_pooling_encoder_classifier(AutoModel.from_pretrained(backbone), teacher.SENTIMENTS)
-    state = {name: t.contiguous() for name, t in trained.state_dict().items()}
-    save_file(state, str(tmp_path / "teacher.safetensors"), metadata={"training": json.dumps({"temperature": 1.2})})
-    monkeypatch.setattr(teacher, "WEIGHTS", tmp_path / "teacher.safetensors")
+    backbone, weights, _ = save_trained_teacher(tmp_path, save_tiny_bert(tmp_path / "bert"), temperature=1.2)
+    monkeypatch.setattr(teacher, "WEIGHTS", weights)
     monkeypatch.setattr(teacher, "unpack_backbone", lambda: backbone)
     config = teacher.export_served_model(tmp_path / "sentiment-large", max_sequence_len=16)
     classifier = SentimentClassifier(ModelConfig.from_file(config)).load()
