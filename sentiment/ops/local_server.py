@@ -118,6 +118,11 @@ class LocalServer:
         keys = json.loads(self.key_file.read_text())
         return {"Authorization": f"Bearer {keys[api]['key']}"}
 
+    def metric_total(self, name: str) -> float:
+        """A Prometheus counter of the server (`:8082/metrics`), summed over its labels."""
+        text = requests.get(f"{self.url('metrics')}/metrics", headers=self.auth_header("management"), timeout=10).text
+        return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines() if line.startswith(f"{name}{{"))
+
     @property
     def management(self) -> ManagementClient:
         return ManagementClient(self.url("management"), self.auth_header("management"))

@@ -45,8 +45,6 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
-import requests
-
 from sentiment.ops.archive import build, model_yaml_for
 from sentiment.ops.local_server import LocalServer
 from sentiment.perf import wrk
@@ -72,6 +70,8 @@ BATCH_REQUEST_TEXTS = {"cpu": 32, "gpu": 64}
 PRECISION_BATCHES = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512)
 # Seconds of load before and after a served row's measured window (its ramp and its tail).
 STEADY_MARGIN = 2.0
+# TorchServe's count of the inference requests its models received.
+RECEIVED = "ts_inference_requests_total"
 
 
 @dataclass
@@ -202,14 +202,6 @@ def worker_devices(server: LocalServer) -> list[str]:
     return [found[worker] for worker in sorted(found)]
 
 
-def arrived_requests(server: LocalServer) -> float:
-    """TorchServe's own count of the inference requests its models have received
-    (`ts_inference_requests_total` on the metrics API, summed over models)."""
-    text = requests.get(f"{server.url('metrics')}/metrics", headers=server.auth_header("management"), timeout=10).text
-    counts = re.findall(r"^ts_inference_requests_total\{[^}]*\} (\S+)$", text, re.MULTILINE)
-    return sum(map(float, counts))
-
-
 def steady_rate(server: LocalServer, run_load, seconds: float, margin: float = STEADY_MARGIN):
     """Run `run_load(duration)` for `seconds` plus `margin` on each side, and count the requests the server
     received between the margins: its rate in the steady state, as the ceiling's is.
@@ -223,9 +215,9 @@ def steady_rate(server: LocalServer, run_load, seconds: float, margin: float = S
         started = time.monotonic()
         future = pool.submit(run_load, seconds + 2 * margin)
         time.sleep(margin)  # the measurement's clock, not a wait for readiness: the server is up and warm
-        first, window_start = arrived_requests(server), time.monotonic()
+        first, window_start = server.metric_total(RECEIVED), time.monotonic()
         time.sleep(max(0.0, started + margin + seconds - time.monotonic()))
-        last, window_end = arrived_requests(server), time.monotonic()
+        last, window_end = server.metric_total(RECEIVED), time.monotonic()
         result = future.result()
     return result, (last - first) / (window_end - window_start)
 

@@ -42,12 +42,6 @@ def server(tmp_path_factory, default_archive):
     assert not [p for p in processes if p.is_running() and p.status() != "zombie"], "processes left behind"
 
 
-def metric_total(server: LocalServer, name: str) -> float:
-    """A Prometheus counter of the server, summed over its labels."""
-    text = requests.get(f"{server.url('metrics')}/metrics", headers=server.auth_header("management"), timeout=10).text
-    return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines() if line.startswith(f"{name}{{"))
-
-
 def ask(server: LocalServer, text: str, model: str = "sentiment", endpoint: str = "predictions") -> requests.Response:
     """POST {"text": text} to /predictions/MODEL (or /explanations/MODEL) with the inference token."""
     return requests.post(

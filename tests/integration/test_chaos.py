@@ -16,7 +16,6 @@ import pytest
 from sentiment.ops.local_server import LocalServer
 from sentiment.perf.fuzz import GOOD, JSON_TYPE, TEXT_TYPE, fuzz
 from sentiment.perf.loadtest import Client
-from tests.integration.conftest import metric_total
 
 pytestmark = pytest.mark.integration
 MARKER = "CHAOS-CANARY-7f3a"
@@ -58,8 +57,8 @@ def test_fuzz_2000_malformed_requests_among_good_ones_on_24_connections(server):
 
 def test_a_poison_body_in_a_full_batch_fails_alone(server):
     texts = list(GOOD)
-    requests_before = metric_total(server, "SentimentRequests")
-    batches_before = metric_total(server, "SentimentBatches")
+    requests_before = server.metric_total("SentimentRequests")
+    batches_before = server.metric_total("SentimentBatches")
     for name, poison in POISON.items():
         for _ in range(5):
             batch = [(json.dumps({"text": texts[i % len(texts)]}).encode(), texts[i % len(texts)]) for i in range(7)]
@@ -72,8 +71,8 @@ def test_a_poison_body_in_a_full_batch_fails_alone(server):
                 else:
                     assert status == 200, (name, status, body)
                     assert json.loads(body)["sentiment"] == GOOD[text]
-    handled = metric_total(server, "SentimentRequests") - requests_before
-    batched = metric_total(server, "SentimentBatches") - batches_before
+    handled = server.metric_total("SentimentRequests") - requests_before
+    batched = server.metric_total("SentimentBatches") - batches_before
     assert handled == len(POISON) * 5 * 8
     assert handled / batched > 1.5, "the poison bodies did not share batches with good ones"
 

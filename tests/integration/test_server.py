@@ -16,7 +16,7 @@ from sentiment.perf import wrk
 from sentiment.project import DEFAULT_CONFIG, PROJECT_DIR
 from sentiment.serving.classifier import SentimentClassifier
 from sentiment.serving.config import ModelConfig
-from tests.integration.conftest import ask, metric_total
+from tests.integration.conftest import ask
 
 pytestmark = pytest.mark.integration
 
@@ -134,8 +134,8 @@ def test_concurrent_burst_forms_batches_and_bad_requests_harm_no_neighbour(serve
     good = [(json.dumps({"text": t}).encode(), "application/json", t) for t in (NEGATIVE, POSITIVE)] * 16
     bad = [(body, content_type, None, message) for body, content_type, message in BAD_INPUTS.values()]
     burst = [(*g, None) for g in good] + bad + [(*g, None) for g in good]
-    batches_before = metric_total(server, "SentimentBatches")
-    requests_before = metric_total(server, "SentimentRequests")
+    batches_before = server.metric_total("SentimentBatches")
+    requests_before = server.metric_total("SentimentRequests")
     with ThreadPoolExecutor(max_workers=16) as pool:
         responses = list(pool.map(lambda case: predict(server, case[0], case[1]), burst))
     for (_, _, text, message), response in zip(burst, responses, strict=True):
@@ -147,8 +147,8 @@ def test_concurrent_burst_forms_batches_and_bad_requests_harm_no_neighbour(serve
         else:
             assert response.status_code == 400, response.text
             assert re.search(message, response.json()["error"])
-    batches = metric_total(server, "SentimentBatches") - batches_before
-    handled = metric_total(server, "SentimentRequests") - requests_before
+    batches = server.metric_total("SentimentBatches") - batches_before
+    handled = server.metric_total("SentimentRequests") - requests_before
     assert handled == len(burst)
     assert 0 < batches < handled
     assert all(w["status"] == "READY" for w in server.workers()), "a worker restarted"
@@ -396,14 +396,14 @@ def test_the_bench_counts_served_throughput_from_the_requests_the_server_receive
     """`make bench` reads a served row's rate from TorchServe's count of received requests inside the
     generator's run (`steady_rate`): the count must move by exactly the requests sent, scrapes not
     included, and the rate must be the generator's order of magnitude."""
-    from sentiment.perf.bench import arrived_requests, steady_rate
+    from sentiment.perf.bench import RECEIVED, steady_rate
     from sentiment.perf.loadtest import closed_loop
 
-    before = arrived_requests(server)
+    before = server.metric_total(RECEIVED)
     for text in (NEGATIVE, POSITIVE, "a phone"):
         assert predict(server, text.encode(), "text/plain").status_code == 200
-    assert arrived_requests(server) - before == 3
-    assert arrived_requests(server) - before == 3
+    assert server.metric_total(RECEIVED) - before == 3
+    assert server.metric_total(RECEIVED) - before == 3
 
     url, headers = f"{server.url('inference')}/predictions/sentiment", server.auth_header("inference")
     result, rate = steady_rate(server, lambda seconds: closed_loop(url, headers, [NEGATIVE], 2, seconds), 1.0, 0.5)
