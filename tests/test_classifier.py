@@ -132,7 +132,7 @@ def test_temperature_from_the_weights_metadata_softens_probabilities(tmp_path, t
         ({"CLASS_NAMES": ["positive", 3]}, "CLASS_NAMES must be a list of non-empty strings"),
         ({"MAX_TEXT_CHARS": 0}, "MAX_TEXT_CHARS must be at least 1, got 0"),
         ({"BATCH": 3}, "unknown config keys: ['BATCH']"),
-        ({"PRECISION": "int4"}, "PRECISION must be one of ['auto', 'fp32', 'int8', 'fp16', 'bf16'], got 'int4'"),
+        ({"PRECISION": "int4"}, "PRECISION must be one of ['auto', 'fp32', 'int8', 'int8-per-pass', 'fp16', 'bf16']"),
         ({"PADDING": "shortest"}, "PADDING must be one of"),
         ({"POOLING": "max"}, "POOLING must be one of"),
         ({"THREADS": -1}, "THREADS must be at least 0, got -1"),
@@ -246,16 +246,42 @@ def test_max_length_padding_pads_every_text_like_the_tutorial(tmp_path, tiny_ber
     assert classifier.tokenize(["good"])[0]["input_ids"].shape == (1, 16)
 
 
-def test_int8_precision_quantizes_linear_layers_and_stays_close_to_fp32(tmp_path, tiny_bert_dir, classifier):
+def test_int8_precision_quantizes_linear_layers_per_token_and_stays_close_to_fp32(tmp_path, tiny_bert_dir, classifier):
+    from sentiment.serving.packed import PackedBertClassifier, RowwiseInt8Linear
+
     quantized = load(write_model_dir(tmp_path / "m", tiny_bert_dir, PRECISION="int8"))
     assert quantized.precision == "int8"
-    linears = [m for m in quantized.model.modules() if type(m).__module__.startswith("torch.ao.nn.quantized.dynamic")]
-    assert linears
-    assert all(m.weight().qscheme() == torch.per_channel_affine for m in linears)  # one scale per output row
+    assert isinstance(quantized.forward, PackedBertClassifier)
+    assert all(isinstance(linear, RowwiseInt8Linear) for layer in quantized.forward.layers for linear in layer[::3][:1])
     texts = ["good movie", "awful waste of time", "love the app"]
     for fp32, int8 in zip(classifier.predict(texts), quantized.predict(texts), strict=True):
         for name in CLASS_NAMES:
             assert int8.probabilities[name] == pytest.approx(fp32.probabilities[name], abs=0.05)
+
+
+def test_int8_per_pass_is_pytorch_s_dynamic_quantization(tmp_path, tiny_bert_dir):
+    quantized = load(write_model_dir(tmp_path / "m", tiny_bert_dir, PRECISION="int8-per-pass"))
+    served = quantized.forward.__closure__[0].cell_contents  # the quantized module the forward calls
+    linears = [m for m in served.modules() if type(m).__module__.startswith("torch.ao.nn.quantized.dynamic")]
+    assert linears
+    assert all(m.weight().qscheme() == torch.per_channel_affine for m in linears)  # one scale per output row
+
+
+@pytest.mark.parametrize("precision", ["int8", "fp32"])
+@pytest.mark.parametrize("pooling", ["mean", "pooler"])
+def test_a_text_s_answer_is_the_same_alone_and_in_any_batch(tmp_path, tiny_bert_dir, precision, pooling):
+    """Bit for bit: the packed forward gives each text its own tokens, its own attention and (int8)
+    its own activation scales, whatever shares its pass."""
+    classifier = load(write_model_dir(tmp_path / "m", tiny_bert_dir, PRECISION=precision, POOLING=pooling))
+    words = ["good", "bad", "great", "awful", "love", "hate", "movie", "phone", "app", "waste", "easy", "!"]
+    rng = __import__("random").Random(3)
+    texts = [" ".join(rng.choices(words, k=rng.randint(1, 30))) for _ in range(96)]
+    texts[5] = "great " * 200  # truncated, and far larger activations than its neighbours
+    alone = [classifier.predict([text])[0] for text in texts]
+    for size in (8, 64, 96):
+        together = [p for start in range(0, len(texts), size) for p in classifier.predict(texts[start : start + size])]
+        assert together == alone
+    assert classifier.predict(texts[::-1]) == alone[::-1]  # order in the batch does not matter either
 
 
 def test_auto_precision_is_int8_on_cpu(tmp_path, tiny_bert_dir):
@@ -303,14 +329,9 @@ def test_forward_passes_sort_by_length_and_keep_each_pass_within_the_token_budge
 def test_a_small_token_budget_splits_the_forward_pass_without_changing_answers(tmp_path, tiny_bert_dir, classifier):
     texts = ["good", "awful waste of time , bad phone", "love it", " ".join(["great"] * 12), "hate"]
     budgeted = load(write_model_dir(tmp_path / "m", tiny_bert_dir, MAX_BATCH_TOKENS=16))
-    shapes = []
-    hook = budgeted.model.register_forward_hook(
-        lambda _m, args, kwargs, _out: shapes.append(tuple(kwargs["input_ids"].shape)), with_kwargs=True
-    )
-    try:
-        split = budgeted.predict(texts)
-    finally:
-        hook.remove()
+    shapes, forward = [], budgeted.forward
+    budgeted.forward = lambda inputs: shapes.append(tuple(inputs["input_ids"].shape)) or forward(inputs)
+    split = budgeted.predict(texts)
     assert len(shapes) > 1 and all(rows * width <= 16 or rows == 1 for rows, width in shapes)
     for alone, together in zip(classifier.predict(texts), split, strict=True):
         assert together.probabilities == pytest.approx(alone.probabilities, abs=1e-5)

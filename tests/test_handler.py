@@ -167,14 +167,14 @@ def test_a_batch_of_only_bad_requests_answers_each(handler, model_dir):
 
 
 def test_a_text_the_model_fails_on_fails_alone(handler, model_dir, monkeypatch):
-    predict = handler.classifier.predict
+    predict = handler.classifier.predict_encoded
 
-    def fails_on_poison(texts):
-        if any("awful" in text for text in texts):
+    def fails_on_poison(encodings, stats=None):
+        if any("awful" in encoding.tokens for encoding in encodings):
             raise RuntimeError("a forward pass that breaks on one input")
-        return predict(texts)
+        return predict(encodings, stats)
 
-    monkeypatch.setattr(handler.classifier, "predict", fails_on_poison)
+    monkeypatch.setattr(handler.classifier, "predict_encoded", fails_on_poison)
     results = run(handler, model_dir, GOOD)  # the second one says "awful"
     assert [status for status, _, _ in results] == [200, 422, 200, 200, 200]
     assert results[1][1] == {"error": "the model could not classify this text (RuntimeError)"}
@@ -252,12 +252,17 @@ def test_every_form_in_one_torchserve_batch_shares_the_forward_passes(handler, m
         ({"body": {"texts": ["good", 3]}}, JSON_TYPE),
         ({"body": {"inputs": [{"name": "i", "datatype": "BYTES", "shape": [1], "data": ["bad"]}]}}, JSON_TYPE),
     ]
-    calls = []
-    predict = handler.classifier.predict
-    handler.classifier.predict = lambda texts: calls.append(len(texts)) or predict(texts)
+    encoded, predicted = [], []
+    encode, predict = handler.classifier.encode, handler.classifier.predict_encoded
+    handler.classifier.encode = lambda texts: encoded.append(len(texts)) or encode(texts)
+    handler.classifier.predict_encoded = lambda encodings, stats: (
+        predicted.append(len(encodings)) or predict(encodings, stats)
+    )
     statuses = [status for status, _, _ in run(handler, model_dir, requests)]
     assert statuses == [200, 200, 200, 400, 200]
-    assert calls == [4 + 1 + 2 + 1]  # one call for all the valid texts of the batch
+    # One tokenizer call and one prediction for all the valid texts of the batch: nothing tokenized twice.
+    assert encoded == [4 + 1 + 2 + 1]
+    assert predicted == [4 + 1 + 2 + 1]
 
 
 def test_explanations_and_predictions_in_one_batch_each_get_their_own_answer(handler, model_dir):
@@ -297,10 +302,10 @@ def test_requests_beyond_the_batch_s_work_budget_get_503_with_retry_after(tmp_pa
 
 
 def test_when_every_text_fails_the_batch_fails_as_a_server_error(handler, model_dir, monkeypatch):
-    def broken(texts):
+    def broken(encodings, stats=None):
         raise RuntimeError("out of memory")
 
-    monkeypatch.setattr(handler.classifier, "predict", broken)
+    monkeypatch.setattr(handler.classifier, "predict_encoded", broken)
     with pytest.raises(RuntimeError, match="out of memory"):
         run(handler, model_dir, GOOD)
 

@@ -3,8 +3,9 @@
     .venv/bin/python -m sentiment.perf.batch_drift [--sentences 1024] [--batch 8 64] [--precision int8]
 
 Each review sentence is predicted alone, then in batches; prints the median, 99th percentile and
-largest change of any class probability, and how many sentiments differ. int8 dynamic
-quantization picks one activation scale per forward pass, so its answers move; fp32's do not.
+largest change of any class probability, and how many sentiments differ. `int8-per-pass`
+(PyTorch's dynamic quantization) picks one activation scale per forward pass, so its answers move;
+`int8` (per-token scales, packed forward) and fp32 do not.
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ def main() -> None:
     parser.add_argument("--precision", default="auto")
     args = parser.parse_args()
 
-    config = dataclasses.replace(ModelConfig.from_file(DEFAULT_CONFIG), precision=args.precision, threads=0)
+    config = dataclasses.replace(ModelConfig.from_file(DEFAULT_CONFIG), precision=args.precision, threads=1)
     classifier = SentimentClassifier(config).load()
     texts = review_sentences(args.sentences)
     alone = [classifier.predict([text])[0] for text in texts]
@@ -40,8 +41,10 @@ def main() -> None:
             for a, b in zip(alone, batched, strict=True)
         )
         differ = sum(a.sentiment != b.sentiment for a, b in zip(alone, batched, strict=True))
+        identical = sum(a == b for a, b in zip(alone, batched, strict=True))
         log.info(
-            "%s, batches of %d: probability shift median %.4f, p99 %.4f, max %.4f; sentiment differs for %d of %d",
+            "%s, batches of %d: probability shift median %.6f, p99 %.6f, max %.6f; sentiment differs for %d of %d; "
+            "answer identical for %d",
             classifier.precision,
             size,
             shifts[len(shifts) // 2],
@@ -49,6 +52,7 @@ def main() -> None:
             shifts[-1],
             differ,
             len(texts),
+            identical,
         )
 
 

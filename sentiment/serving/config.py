@@ -88,9 +88,10 @@ class ModelConfig:
     )
     max_handle_tokens: int = _setting(
         8192,
-        "tokens (estimated, explanation variants included) one TorchServe batch may put through the model; the "
-        "requests beyond get 503 with `Retry-After`, so the slowest batch stays well inside `responseTimeout`. "
-        "At least `MAX_BATCH_TEXTS` x `MAX_SEQUENCE_LEN`, so that a full request alone always passes",
+        "the most tokens (counted by the tokenizer, explanation variants included) one TorchServe batch may put "
+        "through the model. Each worker lowers it at start to what it measured it can run in a quarter of "
+        "`responseTimeout`; requests beyond the batch's budget get 503 with `Retry-After`, a request larger "
+        "than the budget alone gets 413. At least `MAX_BATCH_TEXTS` x `MAX_SEQUENCE_LEN`",
         allowed="`>= MAX_BATCH_TEXTS x MAX_SEQUENCE_LEN`",
     )
     explain_max_texts: int = _setting(2, "texts one explanation request may carry; more get 400", minimum=1)
@@ -101,9 +102,10 @@ class ModelConfig:
     )
     precision: str = _setting(
         "auto",
-        "`auto` is int8 on CPU and fp16 on GPU; `int8` quantizes the Linear layers dynamically, "
-        "one scale per output row, CPU only",
-        choices=("auto", "fp32", "int8", "fp16", "bf16"),
+        "`auto` is int8 on CPU and fp16 on GPU. `int8`: Linear weights in int8 per output channel, activations "
+        "quantized per token, so a text's answer does not depend on its batch (BERT on CPU). `int8-per-pass`: "
+        "PyTorch's dynamic quantization, one activation scale per forward pass: answers move with the batch",
+        choices=("auto", "fp32", "int8", "int8-per-pass", "fp16", "bf16"),
     )
     padding: str = _setting(
         "longest",

@@ -55,6 +55,12 @@ class ServerBusy(InvalidRequest):
     headers = {"Retry-After": "1"}  # noqa: RUF012 - read only, per class
 
 
+class TooMuchWork(InvalidRequest):
+    """The request alone needs more model work than one batch may carry: it would never be admitted."""
+
+    status = 413
+
+
 @dataclass(frozen=True)
 class ParsedRequest:
     texts: list[str]  # one or more, each validated
@@ -62,19 +68,10 @@ class ParsedRequest:
     request_id: str | None = None  # v2: echoed in the answer when the request had one
     explain: bool = False  # POST /explanations: attributions per word as well
 
-    def estimated_tokens(self, max_sequence_len: int) -> int:
-        """The work this request puts through the model, in tokens, estimated from its characters
-        (about 4 per WordPiece token in English) before tokenization; an explanation runs each text
-        once more per word."""
-        return sum(
-            min(max_sequence_len, len(text) // 4 + 2) * (len(text.split()) + 1 if self.explain else 1)
-            for text in self.texts
-        )
 
-
-def parse_explanation_request(row: Any, content_type: str | None, config) -> ParsedRequest:
+def parse_explanation_request(payload: Any, content_type: str | None, config) -> ParsedRequest:
     """An explanation request: the same bodies, within the explanation limits of `config`."""
-    request = parse_request(row, content_type, config.max_text_chars, config.explain_max_texts)
+    request = parse_request(payload, content_type, config.max_text_chars, config.explain_max_texts)
     for i, text in enumerate(request.texts):
         words = len(text.split())
         if words > config.explain_max_words:
@@ -85,13 +82,12 @@ def parse_explanation_request(row: Any, content_type: str | None, config) -> Par
     return dataclasses.replace(request, explain=True)
 
 
-def parse_request(row: Any, content_type: str | None, max_chars: int, max_texts: int) -> ParsedRequest:
-    """Validate one request and return its texts.
+def parse_request(payload: Any, content_type: str | None, max_chars: int, max_texts: int) -> ParsedRequest:
+    """Validate one request's body and return its texts.
 
     `content_type` is the one the client declared for the body (None when it declared none).
     """
     is_json = _accepted_media_type(content_type) == "application/json"
-    payload = row.get("data", row.get("body")) if isinstance(row, dict) else row
     # Only text and bytes can be empty: a parsed JSON body may be a number or a bool.
     if payload is None or (isinstance(payload, (str, bytes, bytearray)) and not payload):
         raise InvalidRequest(f"request body is empty: {EXAMPLE}")

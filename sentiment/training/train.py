@@ -32,12 +32,12 @@ from tqdm import tqdm
 
 from sentiment.project import DEFAULT_CONFIG
 from sentiment.serving.classifier import (
+    SentimentClassifier,
     build_model,
     load_fine_tuned_weights,
     resolve_bert_dir,
     resolve_precision,
     weights_metadata,
-    with_precision,
 )
 from sentiment.serving.config import ModelConfig
 from sentiment.training.corpora import (
@@ -397,9 +397,14 @@ def fine_tune(
 
 
 def served_logits(model, tokenizer, config: ModelConfig, precision: str, examples: list[Example]) -> torch.Tensor:
-    """The logits of `model` in the precision the server runs it in on CPU, for `examples`."""
-    served = with_precision(model.eval(), precision, "cpu")
-    return predict_logits(served, tokenizer, [e.text for e in examples], config.max_sequence_len)
+    """The logits of `model` for `examples` as the server computes them on CPU: its tokenization, forward
+    (packed, int8 per token) and passes, through `SentimentClassifier.logits` itself."""
+    served = SentimentClassifier.from_model(config, tokenizer, model.eval(), precision)
+    logits = []
+    for start in tqdm(range(0, len(examples), 256), desc="served logits", leave=False):
+        logits.append(served.logits(served.encode([e.text for e in examples[start : start + 256]])))
+    # A copy outside inference mode: the temperature fit takes gradients through these logits.
+    return torch.cat(logits).clone()
 
 
 @dataclass

@@ -1,0 +1,223 @@
+"""The serving core: the requests of one batch in, one reply per request out, nothing of TorchServe.
+
+    answer_batch(incoming, classifier, budget, model_name) -> (replies, stats)
+
+Each request is parsed (`contract`), its texts tokenized once (the token ids go on to the model as
+they are), admitted against the batch's token budget by their true token counts, and then every
+admitted text of every request runs through the model together, in the classifier's length-sorted
+passes. A text's answer does not depend on the others (see `packed`), so batching changes nothing
+but the speed. Replies come back in request order, each with its own status: a bad request never
+fails its neighbours.
+
+The token budget per batch is what the worker measured it can run in a quarter of its
+`responseTimeout` (`WorkBudget.measure`): the heaviest admitted batch finishes in a quarter of the
+timeout at the measured speed, so a worker slowed three times over (another process on its core, a
+noisy neighbour) still answers inside the timeout, and TorchServe never kills a worker for it.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from sentiment.serving.classifier import PassStats, explanation, explanation_variants
+from sentiment.serving.contract import (
+    EXAMPLE,
+    InvalidRequest,
+    ParsedRequest,
+    ServerBusy,
+    TooMuchWork,
+    UnprocessableText,
+    parse_explanation_request,
+    parse_request,
+    render,
+)
+
+log = logging.getLogger(__name__)
+
+# The share of responseTimeout that the heaviest admitted batch may take at the measured speed.
+TIMEOUT_FRACTION = 0.25
+
+
+@dataclass(frozen=True)
+class Incoming:
+    """One request as the server received it."""
+
+    # bytes, a str, or JSON a front end already parsed; None when there was none; the exception the front
+    # end met reading it, if it met one
+    body: Any
+    content_type: str | None  # as the client declared it, parameters included; None if it declared none
+    explain: bool = False  # an explanation request (/explanations)
+
+
+@dataclass(frozen=True)
+class Reply:
+    status: int
+    body: Any  # JSON: the answer, or {"error": message}
+    headers: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass
+class BatchStats(PassStats):
+    """What one batch held and cost: for the server's metrics."""
+
+    requests: int = 0
+    rejected: int = 0  # requests answered with an error
+    texts: int = 0  # texts the model ran, explanation variants included
+    tokens: int = 0  # their tokens, as admitted
+
+
+@dataclass(frozen=True)
+class WorkBudget:
+    """How many tokens of model work one batch may carry."""
+
+    tokens: int
+    tokens_per_second: float  # measured at start (0 when not measured)
+    response_timeout: float  # seconds
+
+    @classmethod
+    def measure(cls, classifier, response_timeout: float) -> WorkBudget:
+        """The budget for this worker: what it runs in TIMEOUT_FRACTION of `response_timeout` at the speed it
+        measures now, on texts of MAX_SEQUENCE_LEN tokens, at most MAX_HANDLE_TOKENS."""
+        started = time.perf_counter()
+        rate = classifier.tokens_per_second()
+        cap = classifier.config.max_handle_tokens
+        tokens = max(1, min(cap, math.floor(rate * response_timeout * TIMEOUT_FRACTION)))
+        budget = cls(tokens, rate, response_timeout)
+        log.info(
+            "work budget: %d tokens per batch (measured %.0f tokens/s in %.1f s; %.0f%% of responseTimeout %g s; "
+            "MAX_HANDLE_TOKENS %d)",
+            tokens,
+            rate,
+            time.perf_counter() - started,
+            100 * TIMEOUT_FRACTION,
+            response_timeout,
+            cap,
+        )
+        full = classifier.config.max_batch_texts * classifier.config.max_sequence_len
+        if tokens < full:
+            log.warning(
+                "a full request (%d texts of %d tokens) needs more than this budget and will be answered 413: "
+                "raise responseTimeout in model-config.yaml to at least %.0f s for it to fit",
+                classifier.config.max_batch_texts,
+                classifier.config.max_sequence_len,
+                math.ceil(full / rate / TIMEOUT_FRACTION),
+            )
+        return budget
+
+    def explain(self) -> str:
+        if not self.tokens_per_second:
+            return f"at most {self.tokens} tokens of model work per batch"
+        return (
+            f"at most {self.tokens} tokens of model work per batch: what this worker runs in "
+            f"{TIMEOUT_FRACTION:.0%} of its {self.response_timeout:g} s response timeout at its measured "
+            f"{self.tokens_per_second:.0f} tokens/s"
+        )
+
+
+@dataclass
+class _Admitted:
+    index: int  # the request's place in the batch
+    request: ParsedRequest
+    runs: list[str]  # the texts the model runs for it: its texts, or their explanation variants
+    encodings: list
+
+
+def answer_batch(
+    incoming: list[Incoming], classifier, budget: WorkBudget, model_name: str
+) -> tuple[list[Reply], BatchStats]:
+    """One reply per request, in order, and what the batch cost. Raises only when every text of the
+    batch failed in the model (the server's fault, not a request's)."""
+    stats = BatchStats(requests=len(incoming))
+    outcomes: list[ParsedRequest | InvalidRequest] = [_parse(item, classifier.config) for item in incoming]
+    admitted = _admit(outcomes, classifier, budget, stats)
+    encodings = [encoding for work in admitted for encoding in work.encodings]
+    stats.texts, stats.tokens = len(encodings), sum(len(e.ids) for e in encodings)
+    results = classifier.predict_isolated(encodings, stats)
+    if len(results) > 1 and all(isinstance(result, Exception) for result in results):
+        raise results[0]
+    start = 0
+    for work in admitted:
+        own = results[start : start + len(work.runs)]
+        start += len(work.runs)
+        outcomes[work.index] = _answer(work, own, model_name, classifier.config.class_names)
+    replies = [_reply(outcome) for outcome in outcomes]
+    stats.rejected = sum(reply.status != 200 for reply in replies)
+    return replies, stats
+
+
+def _parse(item: Incoming, config) -> ParsedRequest | InvalidRequest:
+    try:
+        if isinstance(item.body, Exception):
+            raise item.body
+        if item.explain:
+            return parse_explanation_request(item.body, item.content_type, config)
+        return parse_request(item.body, item.content_type, config.max_text_chars, config.max_batch_texts)
+    except InvalidRequest as error:
+        return error
+    except Exception as error:  # whatever one body does, it must not fail the others
+        log.warning("a request of the batch could not be read: %s", type(error).__name__)
+        return InvalidRequest(f"request could not be read ({type(error).__name__}): {EXAMPLE}")
+
+
+def _admit(outcomes: list, classifier, budget: WorkBudget, stats: BatchStats) -> list[_Admitted]:
+    """Tokenize every parsed request's texts in one call, then admit requests in arrival order while the
+    batch's tokens fit the budget: the rest get 503 (retry), a request that alone exceeds it 413."""
+    parsed = [(i, outcome) for i, outcome in enumerate(outcomes) if isinstance(outcome, ParsedRequest)]
+    runs = [_runs(request) for _, request in parsed]
+    started = time.perf_counter()
+    encodings = classifier.encode([text for texts in runs for text in texts])
+    stats.tokenize_seconds += time.perf_counter() - started
+    admitted, spent, start = [], 0, 0
+    for (index, request), texts in zip(parsed, runs, strict=True):
+        own = encodings[start : start + len(texts)]
+        start += len(texts)
+        cost = sum(len(encoding.ids) for encoding in own)
+        if cost > budget.tokens:
+            what = "its texts' explanation variants" if request.explain else "its texts"
+            outcomes[index] = TooMuchWork(
+                f"this request needs {cost} tokens of model work ({what}), more than the server takes in one "
+                f"batch: {budget.explain()}; send fewer or shorter texts"
+            )
+        elif spent + cost > budget.tokens:
+            outcomes[index] = ServerBusy(
+                f"the server is busy: this batch already carries {spent} of its {budget.tokens} tokens of work and "
+                f"this request needs {cost}; retry in a second"
+            )
+        else:
+            spent += cost
+            admitted.append(_Admitted(index, request, texts, own))
+    return admitted
+
+
+def _runs(request: ParsedRequest) -> list[str]:
+    if not request.explain:
+        return request.texts
+    return [variant for text in request.texts for variant in explanation_variants(text)]
+
+
+def _answer(work: _Admitted, results: list, model_name: str, class_names: tuple[str, ...]):
+    """The request's rendered answer, or a 422 naming its first text the model failed on."""
+    request = work.request
+    if request.explain:
+        answers, start = [], 0
+        for text in request.texts:
+            count = len(explanation_variants(text))
+            answers.append(explanation(text, results[start : start + count]))
+            start += count
+    else:
+        answers = results
+    for i, answer in enumerate(answers):
+        if isinstance(answer, Exception):
+            where = "" if request.form == "single" else f"text {i} of the request: "
+            return UnprocessableText(f"{where}the model could not classify this text ({type(answer).__name__})")
+    return render(request, [answer.to_dict() for answer in answers], model_name, class_names)
+
+
+def _reply(outcome) -> Reply:
+    if isinstance(outcome, InvalidRequest):
+        return Reply(outcome.status, {"error": str(outcome)}, dict(outcome.headers))
+    return Reply(200, outcome)

@@ -1,0 +1,212 @@
+"""BERT on the CPU over each text's own tokens: answers that do not depend on the other texts.
+
+Why a forward of our own. With Hugging Face's forward, a text padded to the longest text of its pass
+meets other lengths in attention (its softmax sums over masked keys in another order), and int8
+dynamic quantization picks one activation scale for the whole pass: the largest activation of any
+text set everyone's rounding. A text's sentiment then changed with its neighbours (README, batch
+invariance). Here:
+
+- the tokens of all texts of a pass are packed into one [tokens, hidden] matrix with no padding, so
+  every matrix product, layer norm and activation sees each token's row alone (and no work is spent
+  on padding);
+- attention runs per text over its own tokens (texts of equal length together: the same kernel on
+  the same shapes, bit for bit what the text gets alone);
+- int8 layers quantize activations per token (one scale per row), so a row's rounding depends on
+  that row only; the integer products are exact, and the scales are applied after.
+
+The tensors are BERT's own (`BertForSequenceClassification` or the mean-pooling variant), so
+training, the tests' tiny models and imported checkpoints all run through it unchanged.
+"""
+
+from __future__ import annotations
+
+import logging
+from functools import cache
+from pathlib import Path
+
+log = logging.getLogger(__name__)
+
+
+@cache
+def has_vnni() -> bool:
+    """Whether the CPU multiplies u8 x s8 with VNNI. Without it oneDNN sums pairs of products in 16 bits,
+    which can saturate for activations that use all 8 bits."""
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+    return any(flag in flags for flag in (" avx512_vnni", " avx_vnni", " amx_int8"))
+
+
+def supports(model) -> bool:
+    """Whether `model` is a BERT classifier this forward knows how to run."""
+    bert = getattr(model, "bert", None)
+    return (
+        bert is not None
+        and getattr(bert.config, "position_embedding_type", "absolute") == "absolute"
+        and bert.config.hidden_act in ("gelu", "gelu_new", "gelu_python", "relu")
+        and not bert.config.is_decoder
+    )
+
+
+class RowwiseInt8Linear:
+    """A Linear layer with int8 weights (one scale per output channel) whose activations are quantized
+    per row: each token's largest magnitude maps to the top of the int8 range. oneDNN multiplies the
+    integers; the row and channel scales are applied to the fp32 result."""
+
+    def __init__(self, linear, levels: int):
+        import torch
+
+        weight = linear.weight.detach().float()
+        self.out_features = weight.shape[0]
+        self.weight_scale = (weight.abs().amax(dim=1).clamp(min=1e-12) / 127).contiguous()
+        quantized = torch.round(weight / self.weight_scale[:, None]).clamp(-127, 127).to(torch.int8)
+        self.packed = torch.ops.onednn.qlinear_prepack(quantized, None)
+        self.weight_zero = torch.zeros(self.out_features, dtype=torch.int64)
+        self.bias = None if linear.bias is None else linear.bias.detach().float()
+        self.levels = levels  # 127, or 63 where 8-bit activations could saturate (no VNNI)
+
+    def __call__(self, x):
+        import torch
+
+        scale = x.abs().amax(dim=-1, keepdim=True).clamp(min=1e-12) / self.levels
+        # uint8 around 128: oneDNN's u8 x s8 kernels, with 128 as the activations' zero point.
+        quantized = torch.round(x / scale).add_(128).to(torch.uint8)
+        out = torch.ops.onednn.qlinear_pointwise(
+            quantized, 1.0, 128, self.packed, self.weight_scale, self.weight_zero, None,
+            1.0, 0, torch.float32, "none", [], "",
+        )  # fmt: skip
+        out = out.mul_(scale)
+        return out if self.bias is None else out.add_(self.bias)
+
+
+class Fp32Linear:
+    def __init__(self, linear):
+        self.weight = linear.weight.detach().float().contiguous()
+        self.bias = None if linear.bias is None else linear.bias.detach().float()
+
+    def __call__(self, x):
+        import torch.nn.functional as F
+
+        return F.linear(x, self.weight, self.bias)
+
+
+def _fused(*linears):
+    """One Linear doing the work of several that read the same input (query, key, value)."""
+    import torch
+
+    fused = torch.nn.Linear(linears[0].in_features, sum(linear.out_features for linear in linears))
+    with torch.no_grad():
+        fused.weight.copy_(torch.cat([linear.weight for linear in linears]))
+        fused.bias.copy_(torch.cat([linear.bias for linear in linears]))
+    return fused
+
+
+class PackedBertClassifier:
+    """The logits of a BERT classifier for padded inputs, computed on each text's real tokens only.
+
+    `precision` is "int8" (activations per token, weights per channel) or "fp32". `pooling` is "mean"
+    (of the text's token vectors) or "pooler" ([CLS] through BERT's pooler). The classifier head
+    stays in fp32: it is 3 rows, and it sets the answer.
+    """
+
+    def __init__(self, model, precision: str, pooling: str):
+        import torch
+
+        if precision == "int8":
+            levels = 127 if has_vnni() else 63
+            linear = lambda layer: RowwiseInt8Linear(layer, levels)  # noqa: E731
+        else:
+            linear = Fp32Linear
+        bert = model.bert
+        config = bert.config
+        self.config = model.config
+        self.hidden = config.hidden_size
+        self.heads = config.num_attention_heads
+        self.eps = config.layer_norm_eps
+        self.activation = torch.nn.functional.relu if config.hidden_act == "relu" else torch.nn.functional.gelu
+        embeddings = bert.embeddings
+        self.word = embeddings.word_embeddings.weight.detach()
+        self.position = embeddings.position_embeddings.weight.detach()
+        self.token_type = embeddings.token_type_embeddings.weight.detach()
+        self.embedding_norm = self._norm(embeddings.LayerNorm)
+        self.layers = []
+        for layer in bert.encoder.layer:
+            attention = layer.attention
+            self.layers.append(
+                (
+                    linear(_fused(attention.self.query, attention.self.key, attention.self.value)),
+                    linear(attention.output.dense),
+                    self._norm(attention.output.LayerNorm),
+                    linear(layer.intermediate.dense),
+                    linear(layer.output.dense),
+                    self._norm(layer.output.LayerNorm),
+                )
+            )
+        self.pooling = pooling
+        pooler = getattr(bert, "pooler", None)
+        self.pooler = Fp32Linear(pooler.dense) if pooling == "pooler" else None
+        self.head = Fp32Linear(model.classifier)
+        self.precision = precision
+
+    @staticmethod
+    def _norm(layer_norm):
+        return layer_norm.weight.detach(), layer_norm.bias.detach()
+
+    def __call__(self, inputs: dict):
+        """Logits [texts, classes] for padded `inputs` (input_ids, attention_mask, token_type_ids),
+        padding on the right."""
+        import torch
+        import torch.nn.functional as F
+
+        mask = inputs["attention_mask"].bool()
+        lengths = inputs["attention_mask"].sum(dim=1).tolist()
+        ids = inputs["input_ids"][mask]
+        positions = (inputs["attention_mask"].cumsum(dim=1) - 1)[mask]
+        types = inputs["token_type_ids"][mask] if "token_type_ids" in inputs else torch.zeros_like(ids)
+        x = self.word[ids] + self.token_type[types] + self.position[positions]
+        x = F.layer_norm(x, (self.hidden,), *self.embedding_norm, self.eps)
+        runs = _equal_runs(lengths)
+        for qkv, out, norm1, up, down, norm2 in self.layers:
+            x = F.layer_norm(x + out(self._attention(qkv(x), runs)), (self.hidden,), *norm1, self.eps)
+            x = F.layer_norm(x + down(self.activation(up(x))), (self.hidden,), *norm2, self.eps)
+        texts = x.split(lengths)
+        if self.pooling == "mean":
+            pooled = torch.stack([text.mean(dim=0, keepdim=True) for text in texts])
+        else:
+            pooled = torch.tanh(_rowwise(self.pooler, torch.stack([text[:1] for text in texts])))
+        return _rowwise(self.head, pooled).squeeze(1)
+
+    def _attention(self, qkv, runs: list[tuple[int, int]]):
+        """Self-attention of each text over its own tokens; texts of equal length in one call."""
+        import torch
+        import torch.nn.functional as F
+
+        heads, size = self.heads, self.hidden // self.heads
+        contexts = []
+        for count, length in runs:
+            block, qkv = qkv[: count * length], qkv[count * length :]
+            # [count * length, 3 * hidden] -> three [count, heads, length, size]
+            query, key, value = block.view(count, length, 3, heads, size).permute(2, 0, 3, 1, 4).unbind(0)
+            context = F.scaled_dot_product_attention(query, key, value)
+            contexts.append(context.transpose(1, 2).reshape(count * length, self.hidden))
+        return torch.cat(contexts)
+
+
+def _rowwise(linear: Fp32Linear, rows):
+    """`linear` on [texts, 1, features], each output a sum of products along one row: a matrix product's
+    kernel changes with the row count (and with it the last bits), so each text gets what it gets alone."""
+
+    out = (rows * linear.weight).sum(dim=-1)  # [texts, 1, in] * [out, in] -> [texts, out, in] -> [texts, out]
+    return (out if linear.bias is None else out + linear.bias).unsqueeze(1)
+
+
+def _equal_runs(lengths: list[int]) -> list[tuple[int, int]]:
+    """(count, length) for each run of consecutive texts of the same length."""
+    runs: list[tuple[int, int]] = []
+    for length in lengths:
+        if runs and runs[-1][1] == length:
+            runs[-1] = (runs[-1][0] + 1, length)
+        else:
+            runs.append((1, length))
+    return runs
