@@ -112,3 +112,27 @@ def test_a_token_limit_beyond_the_position_limit_is_refused_not_clamped(tmp_path
     _, folder = hf_checkpoint
     with pytest.raises(CheckpointError, match="--max-sequence-len 512 exceeds the model's position limit of 64"):
         import_checkpoint(tmp_path / "out", hf_dir=folder, max_sequence_len=512)
+
+
+def test_the_imported_model_gets_a_timeout_sized_from_its_measured_speed(tmp_path, hf_checkpoint, monkeypatch):
+    """A model 100x slower than another gets a timeout 100x longer (when that exceeds the floor), so that a
+    full request of it still fits a worker's budget; the default's floor applies to fast models."""
+    import yaml
+
+    from sentiment.serving import batch
+    from sentiment.training import import_checkpoint as importer
+
+    _, folder = hf_checkpoint
+    fast = yaml.safe_load(
+        (import_checkpoint(tmp_path / "fast", hf_dir=folder).parent / "model-config.yaml").read_text()
+    )
+    assert fast["responseTimeout"] == importer.DEFAULT_RESPONSE_TIMEOUT
+    monkeypatch.setattr(SentimentClassifier, "tokens_per_second", lambda self: 100.0)
+    config_path = import_checkpoint(tmp_path / "slow", hf_dir=folder)
+    slow = yaml.safe_load((config_path.parent / "model-config.yaml").read_text())
+    config = ModelConfig.from_file(config_path)
+    full_request = config.max_batch_texts * config.max_sequence_len
+    assert slow["responseTimeout"] == batch.response_timeout_for(full_request, 100.0)
+    # At the measured speed a full request takes a twelfth of it: a quarter, with 3x headroom.
+    assert full_request / 100.0 <= slow["responseTimeout"] * batch.TIMEOUT_FRACTION / 3
+    assert slow["gpu"]["responseTimeout"] == slow["responseTimeout"]

@@ -118,6 +118,13 @@ class WorkBudget:
         )
 
 
+def response_timeout_for(full_request_tokens: int, tokens_per_second: float, headroom: float = 3.0) -> int:
+    """The responseTimeout (seconds) under which a request of `full_request_tokens` still fits one batch's
+    budget on a machine `headroom` times slower than the one that measured `tokens_per_second` (the CPUs
+    these models run on differ by 2-3x in int8 alone)."""
+    return math.ceil(full_request_tokens / (tokens_per_second * TIMEOUT_FRACTION) * headroom)
+
+
 @dataclass
 class _Admitted:
     index: int  # the request's place in the batch

@@ -76,8 +76,8 @@ class RowwiseInt8Linear:
             quantized, 1.0, 128, self.packed, self.weight_scale, self.weight_zero, None,
             1.0, 0, torch.float32, "none", [], "",
         )  # fmt: skip
-        out = out.mul_(scale)
-        return out if self.bias is None else out.add_(self.bias)
+        # The row scales, then the bias, in one pass over the output.
+        return out.mul_(scale) if self.bias is None else torch.addcmul(self.bias, out, scale)
 
 
 class Fp32Linear:

@@ -29,12 +29,15 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from sentiment.project import model_name_for
+from sentiment.serving.batch import response_timeout_for
 from sentiment.serving.classifier import SentimentClassifier, weights_metadata
 from sentiment.serving.config import ModelConfig
 
 log = logging.getLogger(__name__)
 DEFAULT_CLASS_NAMES = ModelConfig().class_names
 TOKENIZER_FILES = ("vocab.txt", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json")
+# The project's own model-config.yaml's timeout: no imported model gets less.
+DEFAULT_RESPONSE_TIMEOUT = 20
 # Buffers that some transformers versions save and others do not; never learned.
 OPTIONAL_KEYS = {"bert.embeddings.position_ids"}
 
@@ -168,9 +171,36 @@ def import_checkpoint(
     else:
         raise CheckpointError("give --hf-dir, or --bert-dir with --state-dict")
     config_path = write_model_folder(model, tokenizer_dir, output, max_sequence_len)
-    SentimentClassifier(ModelConfig.from_file(config_path)).load().predict(["a quick self-check"])
+    served = SentimentClassifier(ModelConfig.from_file(config_path)).load()
+    served.predict(["a quick self-check"])
+    write_model_yaml(served, output / "model-config.yaml")
     log.info("wrote %s: classes %s", output, list(names))
     return config_path
+
+
+def write_model_yaml(served: SentimentClassifier, path: Path) -> Path:
+    """TorchServe's settings for this model, from what it costs: the model is timed here, on texts of
+    MAX_SEQUENCE_LEN tokens, and the timeout is set so that a full request fits a worker's budget even on
+    a CPU three times slower (a bert-base-sized model costs about 8x the default per token)."""
+    config = served.config
+    rate = served.tokens_per_second()
+    full_request = config.max_batch_texts * config.max_sequence_len
+    timeout = max(DEFAULT_RESPONSE_TIMEOUT, response_timeout_for(full_request, rate))
+    path.write_text(
+        f"# Written by sentiment-import for {path.parent.name}: {rate:.0f} tokens/s on one worker here, so a full\n"
+        f"# request ({config.max_batch_texts} texts of {config.max_sequence_len} tokens) takes about "
+        f"{full_request / rate:.1f} s. Each worker admits at most a quarter of\n"
+        "# responseTimeout's worth of work per batch (it measures its own speed at start): see the README.\n"
+        "batchSize: 8\n"
+        "maxBatchDelay: 2\n"
+        f"responseTimeout: {timeout}\n"
+        "gpu:\n"
+        "  batchSize: 64\n"
+        "  maxBatchDelay: 1\n"
+        f"  responseTimeout: {timeout}\n"
+    )
+    log.info("%s: responseTimeout %d s (%.0f tokens/s measured here)", path.name, timeout, rate)
+    return path
 
 
 def main() -> None:

@@ -178,7 +178,7 @@ def test_per_model_settings_come_from_the_archive(server):
         f"{server.url('management')}/models/sentiment", headers=server.auth_header("management"), timeout=10
     )
     (model,) = response.json()
-    assert (model["batchSize"], model["maxBatchDelay"], model["responseTimeout"]) == (8, 2, 3)
+    assert (model["batchSize"], model["maxBatchDelay"], model["responseTimeout"]) == (8, 2, 20)
 
 
 def test_torchserve_starts_one_worker_per_core_or_gpu_by_itself(server):
