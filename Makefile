@@ -24,7 +24,7 @@ export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 export TRANSFORMERS_VERBOSITY := error
 
-.PHONY: help setup data model teacher large eval archive kserve-bundle manifests run base-image image image-test image-kserve stop scale status bench gpu-check loadtest fuzz soak test test-unit test-integration docs lint format clean
+.PHONY: help setup data model teacher large eval archive kserve-bundle manifests run base-image image image-test image-kserve stop scale status bench gpu-check loadtest fuzz soak stress test test-unit test-integration docs lint format clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F ':.*## ' '{printf "  make %-17s %s\n", $$1, $$2}'
@@ -95,6 +95,9 @@ fuzz: $(STAMP) ## malformed requests mixed 1:1 with good ones against the runnin
 
 soak: $(STAMP) $(VADER) ## 10 minutes at 80% of measured capacity against the running server (not in CI)
 	$(BIN)/sentiment-soak $(ARGS)
+
+stress: $(STAMP) ## full requests of CJK text (4x the tokens per character) for a minute against the running server: any 5xx or worker restart fails (ARGS=--texts emoji --hog 4)
+	$(BIN)/sentiment-stress $(ARGS)
 
 gpu-check: $(STAMP) $(VADER) ## on a GPU machine: tutorial sentences, fp16 on the GPU vs fp32 on the CPU over 1,000 sentences
 	$(BIN)/sentiment-gpu-check $(ARGS)

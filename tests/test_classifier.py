@@ -424,3 +424,17 @@ def test_a_model_that_cannot_be_captured_runs_eagerly_and_says_so_once(classifie
     assert graphs.broken and not graphs.graphs
     assert torch.equal(first, eager) and torch.equal(second, eager)
     assert caplog.text.count("CUDA graphs off") == 1
+
+
+def test_the_default_model_answers_each_text_alone_as_in_any_batch():
+    """The served default (int8 on CPU) over 256 sentences: the same answer, to the last digit, alone and in
+    batches of 8 and 64 (the issue it fixes: int8 with one activation scale per pass moved 5% of them)."""
+    from tests.sentences import mixed_sentences
+
+    classifier = SentimentClassifier(ModelConfig.from_file(DEFAULT_CONFIG)).load()
+    assert classifier.precision == "int8"
+    texts = mixed_sentences(256)
+    alone = [classifier.predict([text])[0] for text in texts]
+    for size in (8, 64):
+        together = [p for start in range(0, len(texts), size) for p in classifier.predict(texts[start : start + size])]
+        assert together == alone

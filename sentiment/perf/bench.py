@@ -7,7 +7,8 @@
   (d) batches   TorchServe with the defaults, clients sending 32 texts per request ({"texts": [...]}),
                 64 on a GPU
 
-    sentiment-bench [--seconds 15] [--concurrency 16] [--variant NAME:KEY=VALUE,...]    # `make bench`
+    sentiment-bench [--seconds 15] [--concurrency 16] [--variant NAME:KEY=VALUE,...] [--against PRECISION]
+                                                                                        # `make bench`
 
 Prints throughput, idle single-request latency and worker memory, the ratios b/c, b/a and d/a, and
 writes reports/bench.json and reports/bench.md (the table the README shows). The load comes from
@@ -26,6 +27,10 @@ for, and a table of fp16 against fp32 at batch sizes 1 to 512, first pass of eac
 (`--variant big:texts=64,clients=64`), a key of config.json's GPU section (`--variant t4:GPU.THREADS=4`),
 or else a config.properties key
 (`--variant netty1:number_of_netty_threads=1`).
+
+`--against PRECISION` (e.g. `int8-per-pass`, the batch-dependent int8 the default replaced) measures
+(a), (b) and (d) once more in that precision, each right after the default's, and prints the
+default's figures as ratios of those.
 """
 
 from __future__ import annotations
@@ -412,8 +417,13 @@ def main() -> None:
     parser.add_argument("--generator", choices=("auto", "wrk", "python"), default="auto", help="auto: wrk if installed")
     parser.add_argument("--tutorial", choices=("auto", "yes", "no"), default="auto", help="row (c); auto: not on a GPU")
     parser.add_argument("--variant", action="append", default=[], help="NAME:KEY=VALUE,... (see above)")
+    parser.add_argument("--against", metavar="PRECISION", help="(a), (b), (d) again in this PRECISION, for ratios")
     parser.add_argument("--out", type=Path, default=REPORTS_DIR)
     args = parser.parse_args()
+    if args.against and args.against not in ModelConfig.__dataclass_fields__["precision"].metadata["choices"]:
+        parser.error(
+            f"--against must be a PRECISION: {ModelConfig.__dataclass_fields__['precision'].metadata['choices']}"
+        )
 
     device = "gpu" if torch.cuda.is_available() else "cpu"
     concurrency = args.concurrency or (256 if device == "gpu" else 16)
@@ -431,10 +441,17 @@ def main() -> None:
         batch_concurrency,
         args.seconds,
     )
-    a = ceiling(sentences, args.seconds)
     sweep = precision_sweep(sentences) if device == "gpu" else []
+    against: dict[str, Row] = {}
     with tempfile.TemporaryDirectory(prefix="sentiment-bench-") as tmp:
         tmp = Path(tmp)
+        a = ceiling(sentences, args.seconds)
+        if args.against:
+            other = ModelConfig.from_file(DEFAULT_CONFIG).with_keys(PRECISION=args.against)
+            against["a"] = ceiling(
+                sentences, args.seconds, config_path=other.write(Path(tempfile.mkdtemp(dir=tmp)) / "config.json")
+            )
+            against["a"].name += f", {args.against}"
 
         def served(name, changes, clients=concurrency, per_request=1):
             row = measure_server(tmp, name, changes, sentences, args.seconds, clients, per_request, generator)
@@ -442,9 +459,18 @@ def main() -> None:
             return row
 
         b = served("(b) TorchServe, project defaults", {})
+        if args.against:
+            against["b"] = served(f"(b) TorchServe, {args.against}", {"PRECISION": args.against})
         c = served("(c) TorchServe, tutorial way", TUTORIAL) if tutorial else None
         d = served("(d) TorchServe, batch requests", {}, batch_concurrency, texts_per_request)
-        extra = []
+        if args.against:
+            against["d"] = served(
+                f"(d) TorchServe, batch requests, {args.against}",
+                {"PRECISION": args.against},
+                batch_concurrency,
+                texts_per_request,
+            )
+        extra = list(against.values())
         for name, changes in map(parse_variant, args.variant):
             # Two keys are the load's, not the server's: clients, and texts per request.
             clients, per_request = changes.pop("clients", concurrency), changes.pop("texts", 1)
@@ -452,6 +478,15 @@ def main() -> None:
     rows = [r for r in (a, b, c, d, *extra) if r is not None]
     command = "make bench" + (" ARGS=..." if len(sys.argv) > 1 else "")
     table = markdown(rows, a, b, c, d, texts_per_request, command)
+    ratios = {key: {"a": a, "b": b, "d": d}[key].throughput / row.throughput for key, row in against.items()}
+    if ratios:
+        table += (
+            "\n\nThe defaults against "
+            + args.against
+            + ": "
+            + ", ".join(f"({key}) **{ratio:.0%}**" for key, ratio in ratios.items())
+            + "."
+        )
     if sweep:
         table += "\n\nfp16 and fp32 in-process, texts/s (first pass of each new shape / warm):\n\n"
         table += precision_markdown(sweep)
@@ -472,6 +507,8 @@ def main() -> None:
         "b_over_c": b.throughput / c.throughput if c else None,
         "b_over_a": b.throughput / a.throughput,
         "d_over_a": d.throughput / a.throughput,
+        "against": args.against,
+        "defaults_over_against": ratios,
         "argv": sys.argv[1:],
     }
     (args.out / "bench.json").write_text(json.dumps(report, indent=2) + "\n")
