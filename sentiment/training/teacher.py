@@ -62,19 +62,6 @@ PROBABILITIES = project.DATA_DIR / "teacher-probabilities.json.gz"  # --teacher-
 # The teacher as a second served model, `sentiment-large` (`make large`).
 LARGE_MODEL_DIR = project.PROJECT_DIR / "models" / project.LARGE_MODEL
 LARGE_MAX_BATCH_TEXTS = 16
-# TorchServe's settings for it (model-config.yaml beside its config.json, packed into its archive).
-LARGE_MODEL_YAML = """\
-# sentiment-large: the MPNet teacher (fp32 on a CPU, about 20 texts/s per core). Written by `make large`.
-batchSize: 8
-maxBatchDelay: 2
-# The heaviest batch the handler admits (MAX_HANDLE_TOKENS: 16 texts of 128 tokens) took 3.5 s on
-# one idle thread here; a batch of 8 single sentences 0.55 s.
-responseTimeout: 15
-gpu:
-  batchSize: 64
-  maxBatchDelay: 1
-  responseTimeout: 15
-"""
 WEIGHTS = project.DATA_DIR / "teacher.safetensors"  # 438 MB in fp32: kept out of the repository
 
 
@@ -228,7 +215,7 @@ def export_served_model(output: Path = LARGE_MODEL_DIR, max_sequence_len: int = 
     from transformers import AutoModel
 
     from sentiment.serving.classifier import SentimentClassifier
-    from sentiment.training.import_checkpoint import TOKENIZER_FILES
+    from sentiment.training.import_checkpoint import TOKENIZER_FILES, write_model_yaml
 
     if not WEIGHTS.is_file():
         raise FileNotFoundError(f"{WEIGHTS} is missing: run `make teacher` first (about 25 minutes)")
@@ -257,13 +244,15 @@ def export_served_model(output: Path = LARGE_MODEL_DIR, max_sequence_len: int = 
         # fp32 on 300 sentences), so fp32 on a CPU, fp16 on a GPU.
         precision="fp32",
         # fp32 MPNet on one thread: about 580 tokens/s, so a full request of 16 texts of 128 tokens
-        # takes 3.5 s (the default's 64 would take 14 s); LARGE_MODEL_YAML's timeout covers it.
+        # takes 3.5 s (the default's 64 would take 14 s); its model-config.yaml's timeout is sized from
+        # its speed, as an imported model's is.
         max_batch_texts=LARGE_MAX_BATCH_TEXTS,
         max_handle_tokens=LARGE_MAX_BATCH_TEXTS * max_sequence_len,
         gpu={**default.gpu, "PRECISION": "fp16"},
     ).write(output / "config.json")
-    (output / "model-config.yaml").write_text(LARGE_MODEL_YAML)
-    SentimentClassifier(ModelConfig.from_file(config)).load().predict(["a quick self-check"])
+    served = SentimentClassifier(ModelConfig.from_file(config)).load()
+    served.predict(["a quick self-check"])
+    write_model_yaml(served, output / "model-config.yaml")
     log.info("wrote %s (temperature %.3f)", output, trained["temperature"])
     return config
 
