@@ -127,3 +127,13 @@ def test_when_every_text_fails_the_batch_fails(classifier, monkeypatch, explain)
     monkeypatch.setattr(classifier, "predict_encoded", broken)
     with pytest.raises(RuntimeError, match="out of memory"):
         answer_batch([Incoming("good app", "text/plain", explain=explain)] * 2, classifier, budget(1000), "s")
+
+
+def test_an_explanation_s_prediction_is_the_prediction_of_the_same_text(classifier):
+    """The explanation runs the text among its variants; its answer is still the text's own."""
+    text = "awful waste of time , love the app though"
+    replies, _ = answer_batch(
+        [Incoming(text, "text/plain"), Incoming(text, "text/plain", explain=True)], classifier, budget(10_000), "s"
+    )
+    prediction, explanation = replies[0].body, replies[1].body
+    assert {key: explanation[key] for key in prediction} == prediction

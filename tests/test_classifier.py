@@ -259,6 +259,25 @@ def test_int8_precision_quantizes_linear_layers_per_token_and_stays_close_to_fp3
             assert int8.probabilities[name] == pytest.approx(fp32.probabilities[name], abs=0.05)
 
 
+@pytest.mark.parametrize("vnni", [True, False])
+def test_int8_activations_per_token_match_exact_integer_arithmetic(vnni):
+    """oneDNN's integer product against the same product in float64: exact where its kernels are (with
+    VNNI, or 7-bit activations without it), so the scales alone decide the rounding."""
+    from sentiment.serving.packed import RowwiseInt8Linear, has_vnni
+
+    if vnni and not has_vnni():
+        pytest.skip("8-bit activations are served only on CPUs with VNNI")
+    torch.manual_seed(0)
+    linear = torch.nn.Linear(384, 96)
+    int8 = RowwiseInt8Linear(linear, 127 if vnni else 63)
+    x = torch.randn(50, 384) * 4
+    scale = x.abs().amax(dim=-1, keepdim=True) / int8.levels
+    weights = torch.round(linear.weight.detach() / int8.weight_scale[:, None])
+    exact = (torch.round(x / scale).double() @ weights.double().t()) * int8.weight_scale.double() * scale.double()
+    exact += linear.bias.detach().double()
+    assert torch.allclose(int8(x).double(), exact, rtol=1e-5, atol=1e-5)
+
+
 def test_int8_per_pass_is_pytorch_s_dynamic_quantization(tmp_path, tiny_bert_dir):
     quantized = load(write_model_dir(tmp_path / "m", tiny_bert_dir, PRECISION="int8-per-pass"))
     served = quantized.forward.__closure__[0].cell_contents  # the quantized module the forward calls
@@ -267,11 +286,16 @@ def test_int8_per_pass_is_pytorch_s_dynamic_quantization(tmp_path, tiny_bert_dir
     assert all(m.weight().qscheme() == torch.per_channel_affine for m in linears)  # one scale per output row
 
 
-@pytest.mark.parametrize("precision", ["int8", "fp32"])
+@pytest.mark.parametrize("precision", ["int8", "int8 without VNNI", "fp32"])
 @pytest.mark.parametrize("pooling", ["mean", "pooler"])
-def test_a_text_s_answer_is_the_same_alone_and_in_any_batch(tmp_path, tiny_bert_dir, precision, pooling):
+def test_a_text_s_answer_is_the_same_alone_and_in_any_batch(tmp_path, tiny_bert_dir, precision, pooling, monkeypatch):
     """Bit for bit: the packed forward gives each text its own tokens, its own attention and (int8)
     its own activation scales, whatever shares its pass."""
+    from sentiment.serving import packed
+
+    if precision == "int8 without VNNI":  # 7-bit activations, as on CPUs without VNNI
+        monkeypatch.setattr(packed, "has_vnni", lambda: False)
+        precision = "int8"
     classifier = load(write_model_dir(tmp_path / "m", tiny_bert_dir, PRECISION=precision, POOLING=pooling))
     words = ["good", "bad", "great", "awful", "love", "hate", "movie", "phone", "app", "waste", "easy", "!"]
     rng = __import__("random").Random(3)

@@ -64,23 +64,28 @@ class RowwiseInt8Linear:
         self.packed = torch.ops.onednn.qlinear_prepack(quantized, None)
         self.weight_zero = torch.zeros(self.out_features, dtype=torch.int64)
         self.bias = None if linear.bias is None else linear.bias.detach().float()
-        self.levels = levels  # 127, or 63 where 8-bit activations could saturate (no VNNI)
+        # Activations in [-levels, levels], stored as uint8 around a zero point: 127 around 128 where the
+        # CPU has VNNI; without it oneDNN sums pairs of u8 x s8 products in 16 bits, which overflowed for
+        # 8-bit activations (results off by up to 14% under ONEDNN_MAX_CPU_ISA=AVX2) and is exact for
+        # 63 around 64 (127 x 127 x 2 < 32,768).
+        self.levels = levels
+        self.zero_point = levels + 1
 
     def __call__(self, x):
         import torch
         import torch.nn.functional as F
 
         scale = x.abs().amax(dim=-1, keepdim=True).clamp(min=1e-12) / self.levels
-        # oneDNN's u8 x s8 kernels, with 128 as the activations' zero point (its s8 x s8 path ran 1,000x
-        # slower here). Rounded to int8 then shifted by 128 in place of the sign bit: converting floats
-        # to uint8 directly took twice as long as all the rest of the quantization.
-        quantized = torch.round(x / scale).to(torch.int8).view(torch.uint8).bitwise_xor_(128)
+        # oneDNN's u8 x s8 kernels (its s8 x s8 path ran 1,000x slower here). Rounded to int8, then the zero
+        # point added in uint8 (wrapping): converting floats to uint8 directly took twice as long as all
+        # the rest of the quantization.
+        quantized = torch.round(x / scale).to(torch.int8).view(torch.uint8).add_(self.zero_point)
         rows = quantized.shape[0]
         # oneDNN compiles and caches a kernel per row count: a new count cost 1.6 ms more than a known one
-        # here, and 300 of them 121 MB. Rows of zeros (128) up to a bucket keep the counts few.
-        quantized = F.pad(quantized, (0, 0, 0, row_bucket(rows) - rows), value=128)
+        # here, and 300 of them 121 MB. Rows of zeros up to a bucket keep the counts few.
+        quantized = F.pad(quantized, (0, 0, 0, row_bucket(rows) - rows), value=self.zero_point)
         out = torch.ops.onednn.qlinear_pointwise(
-            quantized, 1.0, 128, self.packed, self.weight_scale, self.weight_zero, None,
+            quantized, 1.0, self.zero_point, self.packed, self.weight_scale, self.weight_zero, None,
             1.0, 0, torch.float32, "none", [], "",
         )[:rows]  # fmt: skip
         # The row scales, then the bias, in one pass over the output.
