@@ -100,6 +100,33 @@ def test_an_mpnet_encoder_serves_with_mean_pooling_a_batch_equal_to_singles(tmp_
             assert alone.probabilities[name] == pytest.approx(together.probabilities[name], abs=1e-5)
 
 
+@pytest.mark.parametrize(("backbone", "pooling"), [("bert", "mean"), ("bert", "pooler"), ("mpnet", "mean")])
+def test_the_packed_forward_computes_what_hugging_face_s_forward_computes(tmp_path, tiny_bert_dir, backbone, pooling):
+    """The packed fp32 forward (each text over its own tokens) against the model's own padded forward."""
+    from sentiment.serving.packed import PackedBertClassifier
+
+    folder = save_tiny_mpnet(tmp_path / "mpnet", tiny_bert_dir) if backbone == "mpnet" else tiny_bert_dir
+    classifier = load(write_model_dir(tmp_path / "m", folder, POOLING=pooling, PRECISION="fp32"))
+    assert isinstance(classifier.forward, PackedBertClassifier)
+    # Words of the tiny vocabulary only: MPNet's own forward takes token id 1 for padding (its tokenizer's
+    # <pad>), which is [UNK] here.
+    inputs, _ = classifier.tokenize(["good", "awful waste , bad phone , hate time", "love app , easy schedule !"])
+    with torch.inference_mode():
+        padded = classifier.model(**inputs).logits
+        packed = classifier.forward(inputs)
+    assert torch.allclose(packed, padded, atol=1e-5)
+
+
+@pytest.mark.parametrize("precision", ["int8", "fp32"])
+def test_an_mpnet_text_s_answer_is_the_same_alone_and_in_any_batch(tmp_path, tiny_bert_dir, precision):
+    mpnet = save_tiny_mpnet(tmp_path / "mpnet", tiny_bert_dir)
+    classifier = load(write_model_dir(tmp_path / "m", mpnet, POOLING="mean", PRECISION=precision))
+    texts = ["good", "awful waste of time", "love the app , easy schedule !", "great " * 30, "bad phone"] * 4
+    alone = [classifier.predict([text])[0] for text in texts]
+    assert classifier.predict(texts) == alone
+    assert classifier.predict(texts[::-1]) == alone[::-1]
+
+
 def test_an_mpnet_encoder_with_pooler_pooling_is_refused_naming_the_fix(tmp_path, tiny_bert_dir):
     mpnet = save_tiny_mpnet(tmp_path / "mpnet", tiny_bert_dir)
     with pytest.raises(ConfigError, match="'mpnet' encoder: only POOLING \"mean\""):

@@ -39,14 +39,18 @@ def has_vnni() -> bool:
 
 
 def supports(model) -> bool:
-    """Whether `model` is a BERT classifier this forward knows how to run."""
+    """Whether `model` is a classifier on an encoder this forward knows how to run: BERT (absolute
+    positions), or MPNet (relative position biases) under the mean-pooling head."""
     bert = getattr(model, "bert", None)
-    return (
-        bert is not None
-        and getattr(bert.config, "position_embedding_type", "absolute") == "absolute"
-        and bert.config.hidden_act in ("gelu", "gelu_new", "gelu_python", "relu")
-        and not bert.config.is_decoder
-    )
+    if bert is not None:
+        config = bert.config
+        return (
+            getattr(config, "position_embedding_type", "absolute") == "absolute"
+            and config.hidden_act in ("gelu", "gelu_new", "gelu_python", "relu")
+            and not config.is_decoder
+        )
+    encoder = getattr(model, "encoder", None)
+    return encoder is not None and encoder.config.model_type == "mpnet" and encoder.config.hidden_act == "gelu"
 
 
 class RowwiseInt8Linear:
@@ -124,7 +128,7 @@ def _fused(*linears):
 
 
 class PackedBertClassifier:
-    """The logits of a BERT classifier for padded inputs, computed on each text's real tokens only.
+    """The logits of a BERT (or MPNet) classifier for padded inputs, computed on each text's real tokens.
 
     `precision` is "int8" (activations per token, weights per channel) or "fp32". `pooling` is "mean"
     (of the text's token vectors) or "pooler" ([CLS] through BERT's pooler). The classifier head
@@ -139,33 +143,55 @@ class PackedBertClassifier:
             linear = lambda layer: RowwiseInt8Linear(layer, levels)  # noqa: E731
         else:
             linear = Fp32Linear
-        bert = model.bert
-        config = bert.config
+        encoder = getattr(model, "bert", None) or model.encoder
+        config = encoder.config
         self.config = model.config
         self.hidden = config.hidden_size
         self.heads = config.num_attention_heads
         self.eps = config.layer_norm_eps
         self.activation = torch.nn.functional.relu if config.hidden_act == "relu" else torch.nn.functional.gelu
-        embeddings = bert.embeddings
+        embeddings = encoder.embeddings
         self.word = embeddings.word_embeddings.weight.detach()
         self.position = embeddings.position_embeddings.weight.detach()
-        self.token_type = embeddings.token_type_embeddings.weight.detach()
         self.embedding_norm = self._norm(embeddings.LayerNorm)
         self.layers = []
-        for layer in bert.encoder.layer:
-            attention = layer.attention
-            self.layers.append(
-                (
-                    linear(_fused(attention.self.query, attention.self.key, attention.self.value)),
-                    linear(attention.output.dense),
-                    self._norm(attention.output.LayerNorm),
-                    linear(layer.intermediate.dense),
-                    linear(layer.output.dense),
-                    self._norm(layer.output.LayerNorm),
+        self.mpnet = config.model_type == "mpnet"
+        if self.mpnet:
+            # MPNet counts positions from padding_idx + 1, has no token types, and adds to the attention
+            # scores a bias learnt per head for each bucket of relative distance.
+            self.first_position = embeddings.padding_idx + 1
+            self.token_type = None
+            self.relative_bias = encoder.encoder
+            self.biases: dict[int, object] = {}
+            for layer in encoder.encoder.layer:
+                attention = layer.attention
+                self.layers.append(
+                    (
+                        linear(_fused(attention.attn.q, attention.attn.k, attention.attn.v)),
+                        linear(attention.attn.o),
+                        self._norm(attention.LayerNorm),
+                        linear(layer.intermediate.dense),
+                        linear(layer.output.dense),
+                        self._norm(layer.output.LayerNorm),
+                    )
                 )
-            )
+        else:
+            self.first_position = 0
+            self.token_type = embeddings.token_type_embeddings.weight.detach()
+            for layer in encoder.encoder.layer:
+                attention = layer.attention
+                self.layers.append(
+                    (
+                        linear(_fused(attention.self.query, attention.self.key, attention.self.value)),
+                        linear(attention.output.dense),
+                        self._norm(attention.output.LayerNorm),
+                        linear(layer.intermediate.dense),
+                        linear(layer.output.dense),
+                        self._norm(layer.output.LayerNorm),
+                    )
+                )
         self.pooling = pooling
-        pooler = getattr(bert, "pooler", None)
+        pooler = getattr(encoder, "pooler", None)
         self.pooler = Fp32Linear(pooler.dense) if pooling == "pooler" else None
         self.head = Fp32Linear(model.classifier)
         self.precision = precision
@@ -183,9 +209,11 @@ class PackedBertClassifier:
         mask = inputs["attention_mask"].bool()
         lengths = inputs["attention_mask"].sum(dim=1).tolist()
         ids = inputs["input_ids"][mask]
-        positions = (inputs["attention_mask"].cumsum(dim=1) - 1)[mask]
-        types = inputs["token_type_ids"][mask] if "token_type_ids" in inputs else torch.zeros_like(ids)
-        x = self.word[ids] + self.token_type[types] + self.position[positions]
+        positions = (inputs["attention_mask"].cumsum(dim=1) - 1)[mask] + self.first_position
+        x = self.word[ids] + self.position[positions]
+        if self.token_type is not None:
+            types = inputs["token_type_ids"][mask] if "token_type_ids" in inputs else torch.zeros_like(ids)
+            x = x + self.token_type[types]
         x = F.layer_norm(x, (self.hidden,), *self.embedding_norm, self.eps)
         runs = _equal_runs(lengths)
         for qkv, out, norm1, up, down, norm2 in self.layers:
@@ -209,9 +237,22 @@ class PackedBertClassifier:
             block, qkv = qkv[: count * length], qkv[count * length :]
             # [count * length, 3 * hidden] -> three [count, heads, length, size]
             query, key, value = block.view(count, length, 3, heads, size).permute(2, 0, 3, 1, 4).unbind(0)
-            context = F.scaled_dot_product_attention(query, key, value)
+            bias = self._position_bias(length) if self.mpnet else None
+            context = F.scaled_dot_product_attention(query, key, value, attn_mask=bias)
             contexts.append(context.transpose(1, 2).reshape(count * length, self.hidden))
         return torch.cat(contexts)
+
+    def _position_bias(self, length: int):
+        """MPNet's relative position bias for a text of `length` tokens, [heads, length, length], as
+        `MPNetEncoder.compute_position_bias` makes it; kept per length (there are at most a few hundred)."""
+        import torch
+
+        if length not in self.biases:
+            positions = torch.arange(length)
+            buckets = self.relative_bias.relative_position_bucket(positions[None, :] - positions[:, None])
+            with torch.no_grad():
+                self.biases[length] = self.relative_bias.relative_attention_bias(buckets).permute(2, 0, 1).contiguous()
+        return self.biases[length]
 
 
 def _rowwise(linear: Fp32Linear, rows):
