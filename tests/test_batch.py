@@ -137,3 +137,18 @@ def test_an_explanation_s_prediction_is_the_prediction_of_the_same_text(classifi
     )
     prediction, explanation = replies[0].body, replies[1].body
     assert {key: explanation[key] for key in prediction} == prediction
+
+
+def test_a_text_the_tokenizer_fails_on_fails_its_request_alone(classifier, monkeypatch):
+    encode = classifier.encode
+
+    def breaks_on_poison(texts):
+        if "poison" in texts:
+            raise ValueError("the tokenizer broke")
+        return encode(texts)
+
+    monkeypatch.setattr(classifier, "encode", breaks_on_poison)
+    incoming = [Incoming("good app", "text/plain"), texts_request(["bad", "poison"]), Incoming("bad", "text/plain")]
+    replies, _ = answer_batch(incoming, classifier, budget(1000), "s")
+    assert [reply.status for reply in replies] == [200, 400, 200]
+    assert replies[1].body == {"error": "a text of this request could not be tokenized (ValueError)"}

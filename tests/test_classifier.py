@@ -489,3 +489,36 @@ def test_the_default_model_answers_each_text_alone_as_in_any_batch():
     for size in (8, 64):
         together = [p for start in range(0, len(texts), size) for p in classifier.predict(texts[start : start + size])]
         assert together == alone
+
+
+def test_auto_precision_falls_back_to_per_pass_int8_where_packed_does_not_run_and_says_so(
+    tmp_path, tiny_bert_dir, caplog
+):
+    """PADDING max_length (the tutorial's way) pads every text: the packed forward does not run it."""
+    with caplog.at_level("WARNING"):
+        fallback = load(write_model_dir(tmp_path / "a", tiny_bert_dir, PRECISION="auto", PADDING="max_length"))
+    assert fallback.precision == "int8-per-pass"
+    assert "answers depend on the batch" in caplog.text
+    with pytest.raises(ConfigError, match=r"PRECISION int8 .* runs BERT and MPNet encoders on CPU"):
+        load(write_model_dir(tmp_path / "b", tiny_bert_dir, PRECISION="int8", PADDING="max_length"))
+
+
+def test_gelu_in_its_tanh_form_is_run_as_the_checkpoint_was_trained(tmp_path):
+    """A BERT trained with hidden_act gelu_new (tanh GELU) gets the tanh GELU in the packed forward."""
+    from transformers import BertConfig, BertForSequenceClassification
+
+    from sentiment.serving.packed import PackedBertClassifier
+
+    torch.manual_seed(0)
+    config = BertConfig(
+        vocab_size=40,
+        hidden_size=32,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        intermediate_size=37,
+        hidden_act="gelu_new",
+    )
+    model = BertForSequenceClassification(config).eval()
+    inputs = {"input_ids": torch.tensor([[2, 7, 9, 11, 3]]), "attention_mask": torch.ones(1, 5, dtype=torch.long)}
+    with torch.inference_mode():
+        assert torch.allclose(PackedBertClassifier(model, "fp32", "pooler")(inputs), model(**inputs).logits, atol=1e-5)

@@ -82,7 +82,7 @@ def main() -> None:
     int8 = SentimentClassifier(dataclasses.replace(config, precision="int8")).load()
     fp32 = SentimentClassifier(dataclasses.replace(config, precision="fp32")).load()
     compiled = SentimentClassifier(dataclasses.replace(config, precision="int8")).load()
-    compiled.model = torch.compile(compiled.model, dynamic=True)
+    compiled.forward = torch.compile(compiled.forward, dynamic=True)
 
     def length_groups(texts: list[str]) -> None:
         order = sorted(range(len(texts)), key=lambda i: len(texts[i]))

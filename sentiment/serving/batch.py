@@ -142,7 +142,7 @@ def answer_batch(
     outcomes: list[ParsedRequest | InvalidRequest] = [_parse(item, classifier.config) for item in incoming]
     admitted = _admit(outcomes, classifier, budget, stats)
     encodings = [encoding for work in admitted for encoding in work.encodings]
-    stats.texts, stats.tokens = len(encodings), sum(len(e.ids) for e in encodings)
+    stats.texts, stats.tokens = len(encodings), sum(len(e) for e in encodings)
     results = classifier.predict_isolated(encodings, stats)
     if len(results) > 1 and all(isinstance(result, Exception) for result in results):
         raise results[0]
@@ -176,13 +176,21 @@ def _admit(outcomes: list, classifier, budget: WorkBudget, stats: BatchStats) ->
     parsed = [(i, outcome) for i, outcome in enumerate(outcomes) if isinstance(outcome, ParsedRequest)]
     runs = [_runs(request) for _, request in parsed]
     started = time.perf_counter()
-    encodings = classifier.encode([text for texts in runs for text in texts])
+    try:
+        everything = classifier.encode([text for texts in runs for text in texts])
+        start, encoded = 0, []
+        for texts in runs:
+            encoded.append(everything[start : start + len(texts)])
+            start += len(texts)
+    except Exception:  # the contract lets no known input through that does this; if one does, it fails alone
+        encoded = [_encode_alone(classifier, texts) for texts in runs]
     stats.tokenize_seconds += time.perf_counter() - started
-    admitted, spent, start = [], 0, 0
-    for (index, request), texts in zip(parsed, runs, strict=True):
-        own = encodings[start : start + len(texts)]
-        start += len(texts)
-        cost = sum(len(encoding.ids) for encoding in own)
+    admitted, spent = [], 0
+    for (index, request), texts, own in zip(parsed, runs, encoded, strict=True):
+        if isinstance(own, Exception):
+            outcomes[index] = InvalidRequest(f"a text of this request could not be tokenized ({type(own).__name__})")
+            continue
+        cost = sum(len(encoding) for encoding in own)
         if cost > budget.tokens:
             what = "its texts' explanation variants" if request.explain else "its texts"
             outcomes[index] = TooMuchWork(
@@ -198,6 +206,14 @@ def _admit(outcomes: list, classifier, budget: WorkBudget, stats: BatchStats) ->
             spent += cost
             admitted.append(_Admitted(index, request, texts, own))
     return admitted
+
+
+def _encode_alone(classifier, texts: list[str]) -> list | Exception:
+    try:
+        return classifier.encode(texts)
+    except Exception as error:
+        log.warning("the tokenizer failed on a request: %s", type(error).__name__)
+        return error
 
 
 def _runs(request: ParsedRequest) -> list[str]:

@@ -148,6 +148,8 @@ def build_model(bert_dir: Path, config: ModelConfig):
 
 def _check_position_limit(model, config: ModelConfig) -> None:
     limit = model.config.max_position_embeddings
+    if model.config.model_type == "mpnet":  # its positions start after padding_idx (1): 2 of them unused
+        limit -= 2
     if config.max_sequence_len > limit:
         raise ConfigError(f"MAX_SEQUENCE_LEN {config.max_sequence_len} exceeds the model's limit of {limit}")
 
@@ -233,6 +235,29 @@ def with_precision(model, precision: str, device: str):
     return model.to(device=device, dtype=dtypes[precision])
 
 
+def packs(model, device: str, config: ModelConfig) -> bool:
+    """Whether the server runs `model` through the packed forward (each text over its own tokens)."""
+    from sentiment.serving import packed
+
+    return device == "cpu" and config.padding == "longest" and packed.supports(model)
+
+
+def served_precision(model, config: ModelConfig, device: str) -> str:
+    """The precision `model` serves in on `device`. `auto` on a CPU is int8 per token where the packed
+    forward runs the model, else PyTorch's per-pass int8 (said in the log: its answers move with the
+    batch); an explicit `int8` that cannot run packed is refused."""
+    precision = resolve_precision(config.precision, device)
+    if precision == "int8" and not packs(model, device, config):
+        if config.precision != "auto":
+            raise ConfigError(
+                "PRECISION int8 (activations per token) runs BERT and MPNet encoders on CPU with PADDING longest: "
+                "use fp32, or int8-per-pass (whose answers depend on the batch)"
+            )
+        log.warning("int8 per token does not run this model here: int8-per-pass, whose answers depend on the batch")
+        return "int8-per-pass"
+    return precision
+
+
 def served_forward(model, precision: str, device: str, config: ModelConfig):
     """The function from padded input tensors to logits, as the server runs `model`: on the CPU a BERT
     runs packed (each text over its own tokens, int8 activations per token: answers that do not
@@ -240,7 +265,7 @@ def served_forward(model, precision: str, device: str, config: ModelConfig):
     from sentiment.serving import packed
 
     model = model.eval()
-    if device == "cpu" and precision in ("int8", "fp32") and config.padding == "longest" and packed.supports(model):
+    if precision in ("int8", "fp32") and packs(model, device, config):
         return packed.PackedBertClassifier(model, precision, config.pooling)
     served = with_precision(model, precision, device)
     return lambda inputs: served(**inputs).logits
@@ -310,7 +335,8 @@ class CudaGraphForward:
             static[name].zero_()
             static[name][:rows, :width].copy_(tensor)
         graph.replay()
-        return logits[:rows]  # read before the next replay overwrites it (the caller's softmax does)
+        # A copy: the next replay overwrites the graph's output, and a batch's passes are read after the last.
+        return logits[:rows].clone()
 
     def capture(self, key: tuple[int, int], names: list[str]):
         """Record the forward for one bucket; on failure, say why once and run eagerly from then on."""
@@ -385,7 +411,7 @@ class SentimentClassifier:
             # cuDNN's attention plans each (batch, length) shape on first sight: on an H200, fp16's
             # first pass ran 2-3x slower than its warm one with it, and as fast without (README, GPU).
             torch.backends.cuda.enable_cudnn_sdp(False)
-        self.precision = resolve_precision(self.config.precision, self.device)
+        self.precision = served_precision(model, self.config, self.device)
         self.forward = served_forward(model, self.precision, self.device, self.config)
         self.model = model  # on a GPU, moved there in its precision by served_forward (Module.to is in place)
         if self.device.startswith("cuda"):
@@ -430,7 +456,7 @@ class SentimentClassifier:
         import numpy as np
         import torch
 
-        width = max(len(e.ids) for e in encodings)
+        width = max(len(e) for e in encodings)
         pads = {"input_ids": self.tokenizer.pad_token_id, "attention_mask": 0, "token_type_ids": 0}
         inputs = {}
         for name in self.input_names:
@@ -476,7 +502,7 @@ class SentimentClassifier:
         import torch
 
         stats = stats if stats is not None else PassStats()
-        lengths = [len(e.ids) for e in encodings]
+        lengths = [len(e) for e in encodings]
         passes = forward_passes(lengths, self.config.max_batch_tokens)
         order = [i for group in passes for i in group]
         # Rows in pass order, so that each pass is a slice: no gathers, no index tensors on the device.
@@ -508,9 +534,7 @@ class SentimentClassifier:
             return self.predict_encoded(encodings, stats)
         except Exception as error:
             if len(encodings) == 1:
-                log.warning(
-                    "the model failed on one text of %d tokens: %s", len(encodings[0].ids), type(error).__name__
-                )
+                log.warning("the model failed on one text of %d tokens: %s", len(encodings[0]), type(error).__name__)
                 return [error]
             half = len(encodings) // 2
             return self.predict_isolated(encodings[:half], stats) + self.predict_isolated(encodings[half:], stats)
@@ -518,7 +542,8 @@ class SentimentClassifier:
     def tokens_per_second(self, max_seconds: float = 2.0) -> float:
         """The forward passes' rate, in tokens per second, on texts as long as MAX_SEQUENCE_LEN allows (the
         costliest tokens: attention grows with length), in passes as full as MAX_BATCH_TOKENS allows.
-        One pass to warm up, then passes until `max_seconds` or 8 passes; bounded and logged."""
+        One pass to warm up, then up to 8 passes or `max_seconds`; the fastest pass sets the rate (a pass slowed by
+        another process starting beside it would set too small a budget for the worker's life)."""
         import torch
 
         length = self.config.max_sequence_len
@@ -531,17 +556,17 @@ class SentimentClassifier:
             "token_type_ids": torch.zeros(rows, length, dtype=torch.long),
         }
         inputs = {name: t.to(self.device) for name, t in inputs.items() if name in self.input_names}
-        passes, started = 0, None
+        timings: list[float] = []
+        started = time.perf_counter()
         with torch.inference_mode():
-            while passes < 9 and (started is None or time.perf_counter() - started < max_seconds):
+            self.forward(inputs)  # warms up; does not count
+            while len(timings) < 8 and (not timings or time.perf_counter() - started < max_seconds):
+                begun = time.perf_counter()
                 self.forward(inputs)
                 if self.device.startswith("cuda"):
                     torch.cuda.synchronize(self.device)
-                if started is None:  # the first pass warms up; it does not count
-                    started = time.perf_counter()
-                    continue
-                passes += 1
-        return passes * rows * length / (time.perf_counter() - started)
+                timings.append(time.perf_counter() - begun)
+        return rows * length / min(timings)
 
     def warm_up(self, budget_seconds: float = 30.0) -> None:
         """Run the common shapes once (with CUDA graphs: every bucket), so that the first requests do

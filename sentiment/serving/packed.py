@@ -1,4 +1,4 @@
-"""BERT on the CPU over each text's own tokens: answers that do not depend on the other texts.
+"""BERT (and MPNet) on the CPU over each text's own tokens: answers that do not depend on the other texts.
 
 Why a forward of our own. With Hugging Face's forward, a text padded to the longest text of its pass
 meets other lengths in attention (its softmax sums over masked keys in another order), and int8
@@ -20,22 +20,31 @@ training, the tests' tiny models and imported checkpoints all run through it unc
 
 from __future__ import annotations
 
+import functools
 import logging
 from functools import cache
-from pathlib import Path
 
 log = logging.getLogger(__name__)
 
 
 @cache
 def has_vnni() -> bool:
-    """Whether the CPU multiplies u8 x s8 with VNNI. Without it oneDNN sums pairs of products in 16 bits,
-    which can saturate for activations that use all 8 bits."""
-    try:
-        flags = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return False
-    return any(flag in flags for flag in (" avx512_vnni", " avx_vnni", " amx_int8"))
+    """Whether 8-bit activations are exact on this CPU's oneDNN kernels. With VNNI they are; without it
+    (AVX2, early AVX-512) oneDNN sums pairs of u8 x s8 products in 16 bits, which overflows for 8-bit
+    activations around 128. Tested on the kernel itself, with the one input that overflows (every
+    activation and weight at the top of its range), rather than read from /proc/cpuinfo: oneDNN may be
+    told to use less than the CPU has (ONEDNN_MAX_CPU_ISA)."""
+    import torch
+
+    linear = torch.nn.Linear(64, 8, bias=False)
+    with torch.no_grad():
+        linear.weight.fill_(1.0)
+    out = RowwiseInt8Linear(linear, levels=127)(torch.ones(1, 64))
+    return bool(torch.allclose(out, torch.full_like(out, 64.0)))
+
+
+# The activations the packed forward runs, by their Hugging Face names: exact GELU, its tanh form, ReLU.
+ACTIVATIONS = {"gelu": "erf", "gelu_python": "erf", "gelu_new": "tanh", "gelu_pytorch_tanh": "tanh", "relu": "relu"}
 
 
 def supports(model) -> bool:
@@ -46,17 +55,17 @@ def supports(model) -> bool:
         config = bert.config
         return (
             getattr(config, "position_embedding_type", "absolute") == "absolute"
-            and config.hidden_act in ("gelu", "gelu_new", "gelu_python", "relu")
+            and config.hidden_act in ACTIVATIONS
             and not config.is_decoder
         )
     encoder = getattr(model, "encoder", None)
-    return encoder is not None and encoder.config.model_type == "mpnet" and encoder.config.hidden_act == "gelu"
+    return encoder is not None and encoder.config.model_type == "mpnet" and encoder.config.hidden_act in ACTIVATIONS
 
 
 class RowwiseInt8Linear:
     """A Linear layer with int8 weights (one scale per output channel) whose activations are quantized
-    per row: each token's largest magnitude maps to the top of the int8 range. oneDNN multiplies the
-    integers; the row and channel scales are applied to the fp32 result."""
+    per row: each token's largest magnitude maps to `levels` (127, or 63 where 8 bits are not exact).
+    oneDNN multiplies the integers; the row and channel scales are applied to the fp32 result."""
 
     def __init__(self, linear, levels: int):
         import torch
@@ -149,7 +158,13 @@ class PackedBertClassifier:
         self.hidden = config.hidden_size
         self.heads = config.num_attention_heads
         self.eps = config.layer_norm_eps
-        self.activation = torch.nn.functional.relu if config.hidden_act == "relu" else torch.nn.functional.gelu
+        kind = ACTIVATIONS[config.hidden_act]
+        if kind == "relu":
+            self.activation = torch.nn.functional.relu
+        else:
+            self.activation = functools.partial(
+                torch.nn.functional.gelu, approximate="tanh" if kind == "tanh" else "none"
+            )
         embeddings = encoder.embeddings
         self.word = embeddings.word_embeddings.weight.detach()
         self.position = embeddings.position_embeddings.weight.detach()
@@ -161,8 +176,13 @@ class PackedBertClassifier:
             # scores a bias learnt per head for each bucket of relative distance.
             self.first_position = embeddings.padding_idx + 1
             self.token_type = None
-            self.relative_bias = encoder.encoder
-            self.biases: dict[int, object] = {}
+            # The bias depends on the distance between two positions only: computed once for the longest
+            # text, a shorter text's is its top-left corner.
+            longest = config.max_position_embeddings - self.first_position
+            positions = torch.arange(longest)
+            buckets = encoder.encoder.relative_position_bucket(positions[None, :] - positions[:, None])
+            with torch.no_grad():
+                self.position_bias = encoder.encoder.relative_attention_bias(buckets).permute(2, 0, 1).contiguous()
             for layer in encoder.encoder.layer:
                 attention = layer.attention
                 self.layers.append(
@@ -244,23 +264,16 @@ class PackedBertClassifier:
 
     def _position_bias(self, length: int):
         """MPNet's relative position bias for a text of `length` tokens, [heads, length, length], as
-        `MPNetEncoder.compute_position_bias` makes it; kept per length (there are at most a few hundred)."""
-        import torch
-
-        if length not in self.biases:
-            positions = torch.arange(length)
-            buckets = self.relative_bias.relative_position_bucket(positions[None, :] - positions[:, None])
-            with torch.no_grad():
-                self.biases[length] = self.relative_bias.relative_attention_bias(buckets).permute(2, 0, 1).contiguous()
-        return self.biases[length]
+        `MPNetEncoder.compute_position_bias` makes it."""
+        return self.position_bias[:, :length, :length]
 
 
 def _rowwise(linear: Fp32Linear, rows):
-    """`linear` on [texts, 1, features], each output a sum of products along one row: a matrix product's
-    kernel changes with the row count (and with it the last bits), so each text gets what it gets alone."""
+    """`linear` on [texts, 1, features], one product per text: a matrix product's kernel changes with the
+    row count (and with it the last bits), so each text gets the product it gets alone."""
+    import torch
 
-    out = (rows * linear.weight).sum(dim=-1)  # [texts, 1, in] * [out, in] -> [texts, out, in] -> [texts, out]
-    return (out if linear.bias is None else out + linear.bias).unsqueeze(1)
+    return torch.stack([linear(row) for row in rows])
 
 
 def _equal_runs(lengths: list[int]) -> list[tuple[int, int]]:

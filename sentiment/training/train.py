@@ -36,7 +36,7 @@ from sentiment.serving.classifier import (
     build_model,
     load_fine_tuned_weights,
     resolve_bert_dir,
-    resolve_precision,
+    served_precision,
     weights_metadata,
 )
 from sentiment.serving.config import ModelConfig
@@ -425,7 +425,7 @@ def calibrate(
     probabilities differ from these by about the int8 rounding (see `make eval`).
     """
     model.load_state_dict({name: t.to(torch.float16).float() for name, t in state.items()}, strict=False)
-    precision = resolve_precision(config.precision, "cpu")
+    precision = served_precision(model, config, "cpu")
     logits = served_logits(model, tokenizer, config, precision, validation_set)
     # `confidence` should mean what a panel of human raters would say, the way the reserved test set
     # is labelled (rated means cut at +-0.5), so the temperature is fitted on the rated validation
