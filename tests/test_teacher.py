@@ -127,7 +127,7 @@ def test_the_trained_teacher_exports_as_a_served_model_with_its_own_limits(tmp_p
     config_path = teacher.export_served_model(tmp_path / "sentiment-large", max_sequence_len=16)
 
     config = ModelConfig.from_file(config_path)
-    assert (config.precision, config.for_device("cuda:0").precision, config.pooling) == ("fp32", "fp16", "mean")
+    assert (config.precision, config.for_device("cuda:0").precision, config.pooling) == ("int8", "fp16", "mean")
     assert config.max_handle_tokens == config.max_batch_texts * 16 and config.max_batch_texts < 64
     settings = yaml.safe_load((config_path.parent / "model-config.yaml").read_text())  # sized from its speed
     assert settings["responseTimeout"] >= DEFAULT_RESPONSE_TIMEOUT and settings["batchSize"] == 8
@@ -138,7 +138,8 @@ def test_the_trained_teacher_exports_as_a_served_model_with_its_own_limits(tmp_p
     with torch.inference_mode():
         expected = torch.softmax(trained(**inputs).logits / 1.5, dim=-1)
     answered = torch.tensor([[p.probabilities[n] for n in corpora.SENTIMENTS] for p in served.predict(texts)])
-    torch.testing.assert_close(answered, expected, atol=2e-3, rtol=0)  # the encoder is stored in fp16
+    # The encoder is stored in fp16 and served in int8 (activations per token): close, not equal.
+    torch.testing.assert_close(answered, expected, atol=0.05, rtol=0)
 
 
 def test_exporting_without_a_trained_teacher_says_how_to_train_one(tmp_path, monkeypatch):

@@ -187,7 +187,7 @@ def write_model_yaml(served: SentimentClassifier, path: Path) -> Path:
     full_request = config.max_batch_texts * config.max_sequence_len
     timeout = max(DEFAULT_RESPONSE_TIMEOUT, response_timeout_for(full_request, rate))
     path.write_text(
-        f"# Written by sentiment-import for {path.parent.name}: {rate:.0f} tokens/s on one worker here, so a full\n"
+        f"# {path.parent.name}, sized from its measured speed: {rate:.0f} tokens/s on one worker here, so a full\n"
         f"# request ({config.max_batch_texts} texts of {config.max_sequence_len} tokens) takes about "
         f"{full_request / rate:.1f} s. Each worker admits at most a quarter of\n"
         "# responseTimeout's worth of work per batch (it measures its own speed at start): see the README.\n"

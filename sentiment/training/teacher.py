@@ -240,12 +240,12 @@ def export_served_model(output: Path = LARGE_MODEL_DIR, max_sequence_len: int = 
         class_names=SENTIMENTS,
         max_sequence_len=max_sequence_len,
         pooling="mean",
-        # int8 dynamic quantization breaks MPNet (its feed-forward outputs: 66% label agreement with
-        # fp32 on 300 sentences), so fp32 on a CPU, fp16 on a GPU.
-        precision="fp32",
-        # fp32 MPNet on one thread: about 580 tokens/s, so a full request of 16 texts of 128 tokens
-        # takes 3.5 s (the default's 64 would take 14 s); its model-config.yaml's timeout is sized from
-        # its speed, as an imported model's is.
+        # int8 with one activation scale per pass broke MPNet (66% label agreement with fp32 on 300
+        # sentences); int8 per token agrees with fp32 on 99.6% of 1,000 development sentences at 2.8-3.1x
+        # its speed (docs/batch-invariance.md), so int8 on a CPU, fp16 on a GPU.
+        precision="int8",
+        # fp32 MPNet on one thread ran about 420-580 tokens/s, int8 about 3x that; its model-config.yaml's
+        # timeout is sized from its measured speed, as an imported model's is.
         max_batch_texts=LARGE_MAX_BATCH_TEXTS,
         max_handle_tokens=LARGE_MAX_BATCH_TEXTS * max_sequence_len,
         gpu={**default.gpu, "PRECISION": "fp16"},
