@@ -16,6 +16,7 @@ import argparse
 import dataclasses
 import json
 import logging
+import time
 from concurrent.futures import ThreadPoolExecutor
 
 from sentiment.project import DEFAULT_CONFIG, DEFAULT_MODEL
@@ -49,7 +50,13 @@ def served(model: str, clients: int):
     _, url, headers = running_server(model)
 
     def send(body: bytes, content_type: str):
-        status, answer = Client(url, headers).send(body, content_type)
+        client = Client(url, headers)
+        for _ in range(30):
+            status, answer = client.send(body, content_type)
+            if status != 503:
+                break
+            # The batch this request landed in was full: a client waits as Retry-After says (1 s), and retries.
+            time.sleep(1.0)
         if status != 200:
             raise SystemExit(f"HTTP {status}: {answer[:200]!r}")
         return json.loads(answer)
