@@ -9,13 +9,15 @@ invariance). Here:
 - the tokens of all texts of a pass are packed into one [tokens, hidden] matrix with no padding, so
   every matrix product, layer norm and activation sees each token's row alone (and no work is spent
   on padding);
-- attention runs per text over its own tokens (texts of equal length together: the same kernel on
-  the same shapes, bit for bit what the text gets alone);
+- attention runs per text over its own tokens (BERT texts of equal length together: the same kernel
+  on the same shapes, bit for bit what the text gets alone; MPNet adds its relative position bias,
+  one call per text);
 - int8 layers quantize activations per token (one scale per row), so a row's rounding depends on
   that row only; the integer products are exact, and the scales are applied after.
 
-The tensors are BERT's own (`BertForSequenceClassification` or the mean-pooling variant), so
-training, the tests' tiny models and imported checkpoints all run through it unchanged.
+The tensors are the model's own (`BertForSequenceClassification`, the mean-pooling variants, MPNet
+under the mean-pooling head), so training, the tests' tiny models, imported checkpoints and
+sentiment-large all run through it unchanged.
 """
 
 from __future__ import annotations
@@ -125,6 +127,14 @@ class Fp32Linear:
         return F.linear(x, self.weight, self.bias)
 
 
+def _attention_parts(attention, mpnet: bool):
+    """query, key, value, output projection and layer norm of one layer's attention block."""
+    if mpnet:
+        return attention.attn.q, attention.attn.k, attention.attn.v, attention.attn.o, attention.LayerNorm
+    own, output = attention.self, attention.output
+    return own.query, own.key, own.value, output.dense, output.LayerNorm
+
+
 def _fused(*linears):
     """One Linear doing the work of several that read the same input (query, key, value)."""
     import torch
@@ -183,33 +193,21 @@ class PackedBertClassifier:
             buckets = encoder.encoder.relative_position_bucket(positions[None, :] - positions[:, None])
             with torch.no_grad():
                 self.position_bias = encoder.encoder.relative_attention_bias(buckets).permute(2, 0, 1).contiguous()
-            for layer in encoder.encoder.layer:
-                attention = layer.attention
-                self.layers.append(
-                    (
-                        linear(_fused(attention.attn.q, attention.attn.k, attention.attn.v)),
-                        linear(attention.attn.o),
-                        self._norm(attention.LayerNorm),
-                        linear(layer.intermediate.dense),
-                        linear(layer.output.dense),
-                        self._norm(layer.output.LayerNorm),
-                    )
-                )
         else:
             self.first_position = 0
             self.token_type = embeddings.token_type_embeddings.weight.detach()
-            for layer in encoder.encoder.layer:
-                attention = layer.attention
-                self.layers.append(
-                    (
-                        linear(_fused(attention.self.query, attention.self.key, attention.self.value)),
-                        linear(attention.output.dense),
-                        self._norm(attention.output.LayerNorm),
-                        linear(layer.intermediate.dense),
-                        linear(layer.output.dense),
-                        self._norm(layer.output.LayerNorm),
-                    )
+        for layer in encoder.encoder.layer:
+            query, key, value, out, norm = _attention_parts(layer.attention, self.mpnet)
+            self.layers.append(
+                (
+                    linear(_fused(query, key, value)),
+                    linear(out),
+                    self._norm(norm),
+                    linear(layer.intermediate.dense),
+                    linear(layer.output.dense),
+                    self._norm(layer.output.LayerNorm),
                 )
+            )
         self.pooling = pooling
         pooler = getattr(encoder, "pooler", None)
         self.pooler = Fp32Linear(pooler.dense) if pooling == "pooler" else None
