@@ -409,7 +409,7 @@ class SentimentClassifier:
             torch.set_num_threads(self.config.threads)
         if self.device.startswith("cuda"):
             # cuDNN's attention plans each (batch, length) shape on first sight: on an H200, fp16's
-            # first pass ran 2-3x slower than its warm one with it, and as fast without (README, GPU).
+            # first pass ran 2-3x slower than its warm one with it, and as fast without (docs/performance.md, On a GPU).
             torch.backends.cuda.enable_cudnn_sdp(False)
         self.precision = served_precision(model, self.config, self.device)
         self.forward = served_forward(model, self.precision, self.device, self.config)

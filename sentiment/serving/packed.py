@@ -3,8 +3,8 @@
 Why a forward of our own. With Hugging Face's forward, a text padded to the longest text of its pass
 meets other lengths in attention (its softmax sums over masked keys in another order), and int8
 dynamic quantization picks one activation scale for the whole pass: the largest activation of any
-text set everyone's rounding. A text's sentiment then changed with its neighbours (README, batch
-invariance). Here:
+text set everyone's rounding. A text's sentiment then changed with its neighbours
+(docs/batch-invariance.md). Here:
 
 - the tokens of all texts of a pass are packed into one [tokens, hidden] matrix with no padding, so
   every matrix product, layer norm and activation sees each token's row alone (and no work is spent
