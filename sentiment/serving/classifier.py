@@ -229,8 +229,8 @@ def with_precision(model, precision: str, device: str):
             return torch.ao.quantization.quantize_dynamic(
                 model, {torch.nn.Linear: per_channel_dynamic_qconfig}, dtype=torch.qint8
             )
-    if precision == "int8":
-        raise ConfigError("PRECISION int8 serves BERT encoders on CPU with PADDING longest: use fp32 or int8-per-pass")
+    if precision == "int8":  # per token: only the packed forward runs it (`served_precision` decides)
+        raise ConfigError("PRECISION int8 runs through the packed forward only: use fp32 or int8-per-pass here")
     dtypes = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
     return model.to(device=device, dtype=dtypes[precision])
 
@@ -259,8 +259,8 @@ def served_precision(model, config: ModelConfig, device: str) -> str:
 
 
 def served_forward(model, precision: str, device: str, config: ModelConfig):
-    """The function from padded input tensors to logits, as the server runs `model`: on the CPU a BERT
-    runs packed (each text over its own tokens, int8 activations per token: answers that do not
+    """The function from padded input tensors to logits, as the server runs `model`: on the CPU BERT and
+    MPNet run packed (each text over its own tokens, int8 activations per token: answers that do not
     depend on the batch); elsewhere Hugging Face's forward in `precision`."""
     from sentiment.serving import packed
 
