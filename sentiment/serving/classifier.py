@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from sentiment.serving.config import PACKAGE_PREFIX, ConfigError, ModelConfig
+from sentiment.serving.windows import aggregate, span, windows
 
 log = logging.getLogger(__name__)
 
@@ -43,10 +44,15 @@ class Prediction:
     sentiment: str
     confidence: float
     probabilities: dict[str, float]
-    truncated: bool
+    truncated: bool  # part of the text was not read (it was longer than MAX_SEQUENCE_LEN and truncated)
+    # When asked for: each window the text was read in, {"start", "end" (its characters), "probabilities"}.
+    windows: list[dict[str, Any]] | None = None
 
     def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        answer = dataclasses.asdict(self)
+        if answer["windows"] is None:
+            del answer["windows"]
+        return answer
 
 
 @dataclass(frozen=True)
@@ -279,6 +285,8 @@ class PassStats:
     forward_seconds: float = 0.0  # forward passes and softmax, copies to and from the device included
     passes: list[tuple[int, int]] = dataclasses.field(default_factory=list)  # (texts, padded tokens) per pass
     truncated: int = 0  # texts cut at MAX_SEQUENCE_LEN
+    windows: int = 0  # windows the model read: one per text, more for texts read whole in windows
+    windowed: int = 0  # texts read in more than one window
 
 
 def forward_passes(lengths: list[int], token_budget: int) -> list[list[int]]:
@@ -431,11 +439,12 @@ class SentimentClassifier:
         return self
 
     def _encoder(self):
-        """A copy of the tokenizer's Rust backend that truncates at MAX_SEQUENCE_LEN (and pads to it for
-        PADDING max_length): the same ids as calling the tokenizer, without its per-call Python work
-        (1.7x faster for 64 sentences here), which is what bounds a GPU worker."""
+        """A copy of the tokenizer's Rust backend that truncates at MAX_SEQUENCE_LEN, keeping the rest as
+        windows that overlap by WINDOW_OVERLAP tokens (`windows`), and pads to it for PADDING max_length: the
+        same ids as calling the tokenizer, without its per-call Python work (1.7x faster for 64 sentences
+        here), which is what bounds a GPU worker."""
         encoder = copy.deepcopy(self.tokenizer.backend_tokenizer)
-        encoder.enable_truncation(self.config.max_sequence_len)
+        encoder.enable_truncation(self.config.max_sequence_len, stride=self.config.window_overlap)
         encoder.no_padding()
         if self.config.padding == "max_length":
             encoder.enable_padding(
@@ -447,7 +456,7 @@ class SentimentClassifier:
         return encoder
 
     def encode(self, texts: list[str]) -> list:
-        """Each text's tokens (a `tokenizers.Encoding`: ids, type ids, and what truncation cut off), not
+        """Each text's tokens (a `tokenizers.Encoding`: ids, type ids, and the windows truncation cut off), not
         padded: what the server counts against its budget and hands to `predict_encoded` as it is."""
         return self.encoder.encode_batch(texts) if texts else []
 
@@ -473,27 +482,55 @@ class SentimentClassifier:
         encodings = self.encode(texts)
         return self.inputs(encodings), [bool(e.overflowing) for e in encodings]
 
-    def predict(self, texts: list[str], stats: PassStats | None = None) -> list[Prediction]:
+    def predict(
+        self, texts: list[str], stats: PassStats | None = None, truncate: Options = None, detail: Options = False
+    ) -> list[Prediction]:
         """Tokenize all the texts in one call, then `predict_encoded`."""
         stats = stats if stats is not None else PassStats()
         started = time.perf_counter()
         encodings = self.encode(texts)
         stats.tokenize_seconds += time.perf_counter() - started
-        return self.predict_encoded(encodings, stats)
+        return self.predict_encoded(encodings, stats, truncate, detail)
 
-    def predict_encoded(self, encodings: list, stats: PassStats | None = None) -> list[Prediction]:
-        """The predictions for tokenized texts: `logits`, calibrated by the temperature."""
+    def predict_encoded(
+        self, encodings: list, stats: PassStats | None = None, truncate: Options = None, detail: Options = False
+    ) -> list[Prediction]:
+        """The predictions for tokenized texts: every window of every text through `logits` together, each
+        window calibrated by the temperature, then each text's windows aggregated (`windows.aggregate`).
+
+        `truncate` (read the first window only; None: the config's TRUNCATE) and `detail` (list the windows in
+        the answer) apply to every text, or per text as lists."""
         import torch
 
         if not encodings:
             return []
         stats = stats if stats is not None else PassStats()
         started = time.perf_counter()
-        truncated = [bool(e.overflowing) for e in encodings]
+        truncate = _per_text(self.config.truncate if truncate is None else truncate, len(encodings))
+        detail = _per_text(detail, len(encodings))
+        readings = [windows(encoding, cut) for encoding, cut in zip(encodings, truncate, strict=True)]
+        every_window = [window for reading in readings for window in reading]
+        truncated = [cut and bool(encoding.overflowing) for encoding, cut in zip(encodings, truncate, strict=True)]
         stats.truncated += sum(truncated)
-        probabilities = torch.softmax(self.logits(encodings, stats) / self.temperature, dim=-1).cpu().tolist()
+        stats.windows += len(every_window)
+        stats.windowed += sum(len(reading) > 1 for reading in readings)
+        probabilities = torch.softmax(self.logits(every_window, stats) / self.temperature, dim=-1).cpu()
+        predictions, start = [], 0
+        for reading, cut, show in zip(readings, truncated, detail, strict=True):
+            own = probabilities[start : start + len(reading)]
+            start += len(reading)
+            text = aggregate(own, reading, self.config.window_aggregation).tolist()
+            predictions.append(self._prediction(text, cut, self._windows(own, reading) if show else None))
         stats.forward_seconds += time.perf_counter() - started
-        return [self._prediction(row, cut) for row, cut in zip(probabilities, truncated, strict=True)]
+        return predictions
+
+    def _windows(self, probabilities, reading: list) -> list[dict[str, Any]]:
+        described = []
+        for row, window in zip(probabilities.tolist(), reading, strict=True):
+            start, end = span(window)
+            scores = {name: round(p, 6) for name, p in zip(self.config.class_names, row, strict=True)}
+            described.append({"start": start, "end": end, "probabilities": scores})
+        return described
 
     def logits(self, encodings: list, stats: PassStats | None = None):
         """The model's fp32 logits [texts, classes] for tokenized texts, in their order, on the device: forward
@@ -524,20 +561,25 @@ class SentimentClassifier:
             inverse[torch.tensor(order)] = torch.arange(len(order))
             return in_pass_order[inverse.to(in_pass_order.device)]
 
-    def predict_isolated(self, encodings: list, stats: PassStats | None = None) -> list[Prediction | Exception]:
+    def predict_isolated(
+        self, encodings: list, stats: PassStats | None = None, truncate: Options = None, detail: Options = False
+    ) -> list[Prediction | Exception]:
         """`predict_encoded`, except that a text on which the forward pass fails fails alone.
 
         A failing batch is retried in halves, down to single texts, so its other texts still get
         their predictions (at the cost of smaller batches, only when something failed).
         """
         try:
-            return self.predict_encoded(encodings, stats)
+            return self.predict_encoded(encodings, stats, truncate, detail)
         except Exception as error:
             if len(encodings) == 1:
                 log.warning("the model failed on one text of %d tokens: %s", len(encodings[0]), type(error).__name__)
                 return [error]
+            truncate = _per_text(self.config.truncate if truncate is None else truncate, len(encodings))
+            detail = _per_text(detail, len(encodings))
             half = len(encodings) // 2
-            return self.predict_isolated(encodings[:half], stats) + self.predict_isolated(encodings[half:], stats)
+            first = self.predict_isolated(encodings[:half], stats, truncate[:half], detail[:half])
+            return first + self.predict_isolated(encodings[half:], stats, truncate[half:], detail[half:])
 
     def tokens_per_second(self, max_seconds: float = 2.0) -> float:
         """The forward passes' rate, in tokens per second, on texts as long as MAX_SEQUENCE_LEN allows (the
@@ -591,25 +633,34 @@ class SentimentClassifier:
         how = "CUDA graphs" if graphs and not self.forward.broken else "eager"
         log.info("warmed %d shapes on %s (%s) in %.1f s", shapes, self.device, how, time.perf_counter() - started)
 
-    def explain(self, texts: list[str]) -> list[Explanation | Exception]:
+    def explain(self, texts: list[str], truncate: bool | None = None) -> list[Explanation | Exception]:
         """Each text's prediction with an attribution per word, by occlusion (see `explanation_variants`);
-        all variants of all texts in the same budgeted forward passes."""
+        all variants of all texts in the same budgeted forward passes, read whole or truncated as the text."""
         variants = [explanation_variants(text) for text in texts]
-        predictions = self.predict_isolated(self.encode([v for group in variants for v in group]))
+        predictions = self.predict_isolated(self.encode([v for group in variants for v in group]), truncate=truncate)
         explanations, start = [], 0
         for text, group in zip(texts, variants, strict=True):
             explanations.append(explanation(text, predictions[start : start + len(group)]))
             start += len(group)
         return explanations
 
-    def _prediction(self, probabilities: list[float], truncated: bool) -> Prediction:
+    def _prediction(self, probabilities: list[float], truncated: bool, windows: list | None = None) -> Prediction:
         best = max(range(len(probabilities)), key=probabilities.__getitem__)
         return Prediction(
             sentiment=self.config.class_names[best],
             confidence=round(probabilities[best], 6),
             probabilities={name: round(p, 6) for name, p in zip(self.config.class_names, probabilities, strict=True)},
             truncated=truncated,
+            windows=windows,
         )
+
+
+# A per-text option: one value for every text, or one per text.
+Options = bool | list[bool] | None
+
+
+def _per_text(option: bool | list[bool], count: int) -> list[bool]:
+    return list(option) if isinstance(option, list) else [bool(option)] * count
 
 
 # The model inputs the tokenizer may name, and the `tokenizers.Encoding` field that holds each.

@@ -76,6 +76,25 @@ class ModelConfig:
         maximum=4096,
     )
     max_text_chars: int = _setting(5000, "longer texts are refused with 400 before tokenization", minimum=1)
+    truncate: bool = _setting(
+        False,
+        "`false` reads a text longer than `MAX_SEQUENCE_LEN` tokens whole, in overlapping windows; `true` reads its "
+        "first `MAX_SEQUENCE_LEN` tokens only. A request may choose either (`truncate`)",
+    )
+    window_overlap: int = _setting(
+        64,
+        "tokens a window shares with the one before it, for texts read in windows (docs/long-texts.md). "
+        "At most half of `MAX_SEQUENCE_LEN`",
+        minimum=0,
+        allowed="0 .. `MAX_SEQUENCE_LEN` / 2",
+    )
+    window_aggregation: str = _setting(
+        "mean",
+        "how the windows' probabilities make the text's: `mean`; `length`, weighted by each window's tokens; "
+        "`confidence`, by each window's top probability; `ends`, the first and last windows twice; `geometric`, "
+        "the normalized product (docs/long-texts.md)",
+        choices=("mean", "length", "confidence", "ends", "geometric"),
+    )
     max_batch_texts: int = _setting(
         64, "texts one request may carry (`texts`, KServe `instances` and `inputs`); more get 400", minimum=1
     )
@@ -147,6 +166,11 @@ class ModelConfig:
                 self.for_device("cuda")
             except ConfigError as error:
                 raise ConfigError(f"GPU: {error}") from None
+        if self.window_overlap > self.max_sequence_len // 2:
+            raise ConfigError(
+                f"WINDOW_OVERLAP must be at most half of MAX_SEQUENCE_LEN ({self.max_sequence_len // 2}), so that "
+                f"each window reads new text. Given: {self.window_overlap}"
+            )
         if self.max_batch_tokens < self.max_sequence_len:
             raise ConfigError(
                 f"MAX_BATCH_TOKENS must be at least MAX_SEQUENCE_LEN ({self.max_sequence_len}): a text must fit a "
@@ -235,9 +259,9 @@ def _check(spec: dataclasses.Field, value: Any) -> None:
         if len(value) < 2 or len(set(value)) != len(value):
             raise ConfigError(f"{key} must hold at least two distinct names, got {list(value)}")
         return
-    # bool is an int subclass in Python; a `true` here is a typo, not a length.
-    if not isinstance(value, meta["type"]) or isinstance(value, bool):
-        described = {int: "an integer", str: "a string"}[meta["type"]]
+    # bool is an int subclass in Python; a `true` for a number is a typo, not a length.
+    if not isinstance(value, meta["type"]) or (isinstance(value, bool) and meta["type"] is not bool):
+        described = {int: "an integer", str: "a string", bool: "true or false"}[meta["type"]]
         raise ConfigError(f"{key} must be {described}, got {value!r}")
     if meta["choices"] and value not in meta["choices"]:
         raise ConfigError(f"{key} must be one of {list(meta['choices'])}, got {value!r}")
@@ -267,6 +291,8 @@ def config_table() -> str:
             allowed = meta["allowed"]
         elif meta["choices"]:
             allowed = ", ".join(f"`{choice}`" for choice in meta["choices"])
+        elif meta["type"] is bool:
+            allowed = "`true`, `false`"
         elif meta["minimum"] is not None:
             allowed = f"{meta['minimum']}..{meta['maximum']}" if meta["maximum"] else f">= {meta['minimum']}"
         else:
