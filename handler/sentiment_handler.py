@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import logging
+import time
 from http import HTTPStatus
 from pathlib import Path
 
@@ -55,6 +56,8 @@ class SentimentHandler:
                 content_type=_content_type(context, idx, row),
                 # The frontend sets "explain" from the path (/explanations/...), over any header a client sends.
                 explain=context.get_request_header(idx, "explain") == "True",
+                query=_query(row),
+                arrived=_arrival(context, idx),
             )
             for idx, row in enumerate(data)
         ]
@@ -80,6 +83,31 @@ def _body(row):
         return error
 
 
+# The row's entries that hold the body; the others are the query string's parameters.
+BODY_KEYS = ("body", "data")
+
+
+def _query(row) -> dict:
+    return {name: value for name, value in row.items() if name not in BODY_KEYS} if isinstance(row, dict) else {}
+
+
+def _arrival(context, idx: int) -> float | None:
+    """When the request reached the proxy in front, from its X-Request-Start header (nginx: `t=${msec}`,
+    seconds; others send milli- or microseconds): TorchServe does not tell the worker when a request came
+    in. None without the header, or with a value that is not a time within the last hour."""
+    stamp = context.get_request_header(idx, "X-Request-Start") or context.get_request_header(idx, "x-request-start")
+    if not isinstance(stamp, str):
+        return None
+    try:
+        value = float(stamp.removeprefix("t=").strip())
+    except ValueError:
+        return None
+    for scale in (1.0, 1e3, 1e6):  # seconds, milliseconds, microseconds since the epoch
+        if 0 <= time.time() - value / scale < 3600:
+            return value / scale
+    return None
+
+
 def response_timeout(context) -> float:
     """The archive's responseTimeout (model-config.yaml), in seconds."""
     settings = getattr(context, "model_yaml_config", None) or {}
@@ -95,7 +123,15 @@ def _emit_metrics(context, stats: BatchStats) -> None:
         return
     from ts.metrics.metric_type_enum import MetricTypes
 
-    counters = {"Batches": 1, "Requests": stats.requests, "Rejected": stats.rejected, "Texts": stats.texts}
+    counters = {
+        "Batches": 1,
+        "Requests": stats.requests,
+        "Rejected": stats.rejected,
+        "Texts": stats.texts,
+        # SentimentWindows / SentimentTexts: windows read per text; SentimentWindowedTexts: texts read in several.
+        "Windows": stats.windows,
+        "WindowedTexts": stats.windowed,
+    }
     for name, value in counters.items():
         context.metrics.add_counter(f"Sentiment{name}", value)
     if not stats.passes:  # a batch of rejections only

@@ -121,7 +121,7 @@ def test_the_budget_never_exceeds_max_handle_tokens(classifier):
 
 @pytest.mark.parametrize("explain", [False, True])
 def test_when_every_text_fails_the_batch_fails(classifier, monkeypatch, explain):
-    def broken(encodings, stats=None):
+    def broken(encodings, *options):
         raise RuntimeError("out of memory")
 
     monkeypatch.setattr(classifier, "predict_encoded", broken)

@@ -43,8 +43,11 @@ def test_input_truncation_cuts_at_max_sequence_len_and_says_so(classifier):
     batch, truncated = classifier.tokenize([long_text, "bad"])
     assert batch["input_ids"].shape[1] == classifier.config.max_sequence_len
     assert truncated == [True, False]
-    short, cut = classifier.predict(["bad", long_text])
+    short, cut = classifier.predict(["bad", long_text], truncate=True)
     assert cut.truncated is True
+    assert short.truncated is False
+    short, whole = classifier.predict(["bad", long_text])  # read whole by default: nothing left unread
+    assert whole.truncated is False
     assert short.truncated is False
 
 

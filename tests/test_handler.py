@@ -169,10 +169,10 @@ def test_a_batch_of_only_bad_requests_answers_each(handler, model_dir):
 def test_a_text_the_model_fails_on_fails_alone(handler, model_dir, monkeypatch):
     predict = handler.classifier.predict_encoded
 
-    def fails_on_poison(encodings, stats=None):
+    def fails_on_poison(encodings, *options):
         if any("awful" in encoding.tokens for encoding in encodings):
             raise RuntimeError("a forward pass that breaks on one input")
-        return predict(encodings, stats)
+        return predict(encodings, *options)
 
     monkeypatch.setattr(handler.classifier, "predict_encoded", fails_on_poison)
     results = run(handler, model_dir, GOOD)  # the second one says "awful"
@@ -255,8 +255,8 @@ def test_every_form_in_one_torchserve_batch_shares_the_forward_passes(handler, m
     encoded, predicted = [], []
     encode, predict = handler.classifier.encode, handler.classifier.predict_encoded
     handler.classifier.encode = lambda texts: encoded.append(len(texts)) or encode(texts)
-    handler.classifier.predict_encoded = lambda encodings, stats: (
-        predicted.append(len(encodings)) or predict(encodings, stats)
+    handler.classifier.predict_encoded = lambda encodings, *options: (
+        predicted.append(len(encodings)) or predict(encodings, *options)
     )
     statuses = [status for status, _, _ in run(handler, model_dir, requests)]
     assert statuses == [200, 200, 200, 400, 200]
@@ -291,8 +291,9 @@ def test_requests_beyond_the_batch_s_work_budget_get_503_with_retry_after(tmp_pa
     model_dir = write_model_dir(tmp_path / "m", tiny_bert_dir, MAX_HANDLE_TOKENS=64 * 16)
     busy = SentimentHandler()
     busy.initialize(make_context(model_dir, []))
-    full = ({"body": {"texts": ["good bad movie phone app time " * 3] * 64}}, JSON_TYPE)  # 64 x 16 tokens
-    nearly_full = ({"body": {"texts": ["good bad movie phone app time " * 3] * 63}}, JSON_TYPE)
+    # Truncated, each text is 16 tokens (read whole, 2 windows).
+    full = ({"body": {"texts": ["good bad movie phone app time " * 3] * 64, "truncate": True}}, JSON_TYPE)
+    nearly_full = ({"body": {"texts": ["good bad movie phone app time " * 3] * 63, "truncate": True}}, JSON_TYPE)
     requests = [nearly_full, ({"body": {"text": "good"}}, JSON_TYPE), full]
     context = make_context(model_dir, [ctype for _, ctype in requests])
     bodies = busy.handle([row for row, _ in requests], context)
@@ -302,7 +303,7 @@ def test_requests_beyond_the_batch_s_work_budget_get_503_with_retry_after(tmp_pa
 
 
 def test_when_every_text_fails_the_batch_fails_as_a_server_error(handler, model_dir, monkeypatch):
-    def broken(encodings, stats=None):
+    def broken(encodings, *options):
         raise RuntimeError("out of memory")
 
     monkeypatch.setattr(handler.classifier, "predict_encoded", broken)

@@ -9,6 +9,13 @@ passes. A text's answer does not depend on the others (see `packed`), so batchin
 but the speed. Replies come back in request order, each with its own status: a bad request never
 fails its neighbours.
 
+Every answer carries text-embeddings-inference's timing headers (whole milliseconds): `x-compute-time`
+(this batch in the worker, parsing to answers), `x-tokenization-time` and `x-inference-time` (the
+batch's tokenizer call and forward passes, shared by its requests), `x-compute-characters` and
+`x-compute-tokens` (the request's own), `x-compute-type`; and `x-queue-time` / `x-total-time` where the
+request says when it arrived (`Incoming.arrived`: TorchServe does not tell a worker how long a request
+queued, a proxy in front can, with X-Request-Start).
+
 The token budget per batch is what the worker measured it can run in a quarter of its
 `responseTimeout` (`WorkBudget.measure`): the heaviest admitted batch finishes in a quarter of the
 timeout at the measured speed, so a worker slowed three times over (another process on its core, a
@@ -35,6 +42,7 @@ from sentiment.serving.contract import (
     parse_request,
     render,
 )
+from sentiment.serving.windows import windows
 
 log = logging.getLogger(__name__)
 
@@ -51,6 +59,8 @@ class Incoming:
     body: Any
     content_type: str | None  # as the client declared it, parameters included; None if it declared none
     explain: bool = False  # an explanation request (/explanations)
+    query: dict[str, Any] = field(default_factory=dict)  # the query string's parameters
+    arrived: float | None = None  # when the request reached the server (epoch seconds), where known
 
 
 @dataclass(frozen=True)
@@ -67,7 +77,7 @@ class BatchStats(PassStats):
     requests: int = 0
     rejected: int = 0  # requests answered with an error
     texts: int = 0  # texts the model ran, explanation variants included
-    tokens: int = 0  # their tokens, as admitted
+    tokens: int = 0  # their tokens, as admitted (every window)
 
 
 @dataclass(frozen=True)
@@ -131,6 +141,8 @@ class _Admitted:
     request: ParsedRequest
     runs: list[str]  # the texts the model runs for it: its texts, or their explanation variants
     encodings: list
+    truncate: bool  # read only each text's first window
+    tokens: int  # the model work it costs: every window's tokens
 
 
 def answer_batch(
@@ -138,12 +150,15 @@ def answer_batch(
 ) -> tuple[list[Reply], BatchStats]:
     """One reply per request, in order, and what the batch cost. Raises only when every text of the
     batch failed in the model (the server's fault, not a request's)."""
+    started, now = time.perf_counter(), time.time()
     stats = BatchStats(requests=len(incoming))
     outcomes: list[ParsedRequest | InvalidRequest] = [_parse(item, classifier.config) for item in incoming]
     admitted = _admit(outcomes, classifier, budget, stats)
     encodings = [encoding for work in admitted for encoding in work.encodings]
-    stats.texts, stats.tokens = len(encodings), sum(len(e) for e in encodings)
-    results = classifier.predict_isolated(encodings, stats)
+    truncate = [work.truncate for work in admitted for _ in work.encodings]
+    detail = [work.request.windows for work in admitted for _ in work.encodings]
+    stats.texts, stats.tokens = len(encodings), sum(work.tokens for work in admitted)
+    results = classifier.predict_isolated(encodings, stats, truncate, detail)
     if len(results) > 1 and all(isinstance(result, Exception) for result in results):
         raise results[0]
     start = 0
@@ -153,7 +168,32 @@ def answer_batch(
         outcomes[work.index] = _answer(work, own, model_name, classifier.config.class_names)
     replies = [_reply(outcome) for outcome in outcomes]
     stats.rejected = sum(reply.status != 200 for reply in replies)
+    compute = time.perf_counter() - started
+    device = "gpu" if classifier.device.startswith("cuda") else "cpu"
+    for work in admitted:
+        headers = replies[work.index].headers
+        headers.update(_timing(stats, compute, device, work, incoming[work.index].arrived, now))
     return replies, stats
+
+
+def _timing(stats: BatchStats, compute: float, device: str, work: _Admitted, arrived: float | None, now: float):
+    """text-embeddings-inference's timing headers for one request, in whole milliseconds."""
+    headers = {
+        "x-compute-type": device,
+        "x-compute-time": _ms(compute),
+        "x-tokenization-time": _ms(stats.tokenize_seconds),
+        "x-inference-time": _ms(stats.forward_seconds),
+        "x-compute-characters": str(sum(len(text) for text in work.request.texts)),
+        "x-compute-tokens": str(work.tokens),
+    }
+    if arrived is not None:
+        queued = max(0.0, now - arrived)
+        headers.update({"x-queue-time": _ms(queued), "x-total-time": _ms(queued + compute)})
+    return headers
+
+
+def _ms(seconds: float) -> str:
+    return str(round(seconds * 1000))
 
 
 def _parse(item: Incoming, config) -> ParsedRequest | InvalidRequest:
@@ -161,8 +201,8 @@ def _parse(item: Incoming, config) -> ParsedRequest | InvalidRequest:
         if isinstance(item.body, Exception):
             raise item.body
         if item.explain:
-            return parse_explanation_request(item.body, item.content_type, config)
-        return parse_request(item.body, item.content_type, config.max_text_chars, config.max_batch_texts)
+            return parse_explanation_request(item.body, item.content_type, config, item.query)
+        return parse_request(item.body, item.content_type, config.max_text_chars, config.max_batch_texts, item.query)
     except InvalidRequest as error:
         return error
     except Exception as error:  # whatever one body does, it must not fail the others
@@ -190,12 +230,15 @@ def _admit(outcomes: list, classifier, budget: WorkBudget, stats: BatchStats) ->
         if isinstance(own, Exception):
             outcomes[index] = InvalidRequest(f"a text of this request could not be tokenized ({type(own).__name__})")
             continue
-        cost = sum(len(encoding) for encoding in own)
+        truncate = classifier.config.truncate if request.truncate is None else request.truncate
+        cost = sum(len(window) for encoding in own for window in windows(encoding, truncate))
         if cost > budget.tokens:
             what = "its texts' explanation variants" if request.explain else "its texts"
+            what += "" if truncate else ", long texts read whole in windows"
+            advice = "send fewer or shorter texts" + ("" if truncate else ', or ask for "truncate": true')
             outcomes[index] = TooMuchWork(
                 f"this request needs {cost} tokens of model work ({what}), more than the server takes in one "
-                f"batch: {budget.explain()}; send fewer or shorter texts"
+                f"batch: {budget.explain()}; {advice}"
             )
         elif spent + cost > budget.tokens:
             outcomes[index] = ServerBusy(
@@ -204,7 +247,7 @@ def _admit(outcomes: list, classifier, budget: WorkBudget, stats: BatchStats) ->
             )
         else:
             spent += cost
-            admitted.append(_Admitted(index, request, texts, own))
+            admitted.append(_Admitted(index, request, texts, own, truncate, cost))
     return admitted
 
 

@@ -81,12 +81,12 @@ class ModelConfig:
         "`false` reads a text longer than `MAX_SEQUENCE_LEN` tokens whole, in overlapping windows; `true` reads its "
         "first `MAX_SEQUENCE_LEN` tokens only. A request may choose either (`truncate`)",
     )
-    window_overlap: int = _setting(
-        64,
-        "tokens a window shares with the one before it, for texts read in windows (docs/long-texts.md). "
-        "At most half of `MAX_SEQUENCE_LEN`",
+    window_overlap_percent: int = _setting(
+        50,
+        "the share of `MAX_SEQUENCE_LEN` that a window shares with the one before it, for texts read in windows "
+        "(50: 64 of 128 tokens; docs/long-texts.md)",
         minimum=0,
-        allowed="0 .. `MAX_SEQUENCE_LEN` / 2",
+        maximum=50,
     )
     window_aggregation: str = _setting(
         "mean",
@@ -166,11 +166,6 @@ class ModelConfig:
                 self.for_device("cuda")
             except ConfigError as error:
                 raise ConfigError(f"GPU: {error}") from None
-        if self.window_overlap > self.max_sequence_len // 2:
-            raise ConfigError(
-                f"WINDOW_OVERLAP must be at most half of MAX_SEQUENCE_LEN ({self.max_sequence_len // 2}), so that "
-                f"each window reads new text. Given: {self.window_overlap}"
-            )
         if self.max_batch_tokens < self.max_sequence_len:
             raise ConfigError(
                 f"MAX_BATCH_TOKENS must be at least MAX_SEQUENCE_LEN ({self.max_sequence_len}): a text must fit a "
@@ -182,6 +177,11 @@ class ModelConfig:
                 f"({self.max_batch_texts * self.max_sequence_len}): a full request must pass. "
                 f"Given: {self.max_handle_tokens}"
             )
+
+    @property
+    def window_overlap(self) -> int:
+        """Tokens a window shares with the one before it."""
+        return self.max_sequence_len * self.window_overlap_percent // 100
 
     def for_device(self, device: str) -> ModelConfig:
         """The configuration in force on `device`: the `GPU` keys replace the others on a GPU."""

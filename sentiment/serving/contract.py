@@ -9,6 +9,13 @@ One request carries one text or several, in one of these forms (`POST`, UTF-8):
                       KServe v2 {"inputs": [{"name", "datatype": "BYTES", "shape": [n], "data": [...]}]}
                                                                          -> {"model_name", "outputs": [...]}
 
+Options, for every form: `truncate` (true: read only the first MAX_SEQUENCE_LEN tokens of each text;
+false: read long texts whole, in windows; absent: the server's TRUNCATE) and `windows` (true: each
+answer lists the windows its text was read in, with their character spans and probabilities). JSON
+bodies carry them beside the texts (`{"texts": [...], "truncate": true}`; KServe v2 in its
+`parameters` object), any request in its query string (`?truncate=true&windows=true`), the only way
+for text/plain. Unknown fields and parameters are refused, so that a misspelt option is not ignored.
+
 A request without a Content-Type is read as text/plain. Every limit of the parsers is client input
 too: nesting depth, number size, unencodable characters each get a 400 of their own, never an
 exception that would fail the other requests of the batch. Errors name the field (`texts[3]`) and
@@ -29,6 +36,13 @@ ACCEPTED_TYPES = ("application/json", "text/plain")
 EXAMPLE = 'send {"text": "..."} or {"texts": [...]} as application/json, or the text itself as text/plain (UTF-8)'
 # The JSON forms, by the key that marks them.
 FORMS = {"text": "single", "texts": "batch", "instances": "v1", "inputs": "v2"}
+# The options a request may set, and what each means.
+OPTIONS = {
+    "truncate": "read only the first MAX_SEQUENCE_LEN tokens of each text",
+    "windows": "list the windows each text was read in",
+}
+# The top-level fields of a KServe v2 request besides "inputs" (Open Inference Protocol).
+V2_FIELDS = ("id", "parameters", "outputs")
 
 
 class InvalidRequest(ValueError):
@@ -67,11 +81,15 @@ class ParsedRequest:
     form: str  # "single", "batch", "v1" or "v2": how to answer
     request_id: str | None = None  # v2: echoed in the answer when the request had one
     explain: bool = False  # POST /explanations: attributions per word as well
+    truncate: bool | None = None  # None: the server's TRUNCATE
+    windows: bool = False  # list each text's windows in its answer
 
 
-def parse_explanation_request(payload: Any, content_type: str | None, config) -> ParsedRequest:
+def parse_explanation_request(
+    payload: Any, content_type: str | None, config, query: dict | None = None
+) -> ParsedRequest:
     """An explanation request: the same bodies, within the explanation limits of `config`."""
-    request = parse_request(payload, content_type, config.max_text_chars, config.explain_max_texts)
+    request = parse_request(payload, content_type, config.max_text_chars, config.explain_max_texts, query)
     for i, text in enumerate(request.texts):
         words = len(text.split())
         if words > config.explain_max_words:
@@ -82,11 +100,23 @@ def parse_explanation_request(payload: Any, content_type: str | None, config) ->
     return dataclasses.replace(request, explain=True)
 
 
-def parse_request(payload: Any, content_type: str | None, max_chars: int, max_texts: int) -> ParsedRequest:
-    """Validate one request's body and return its texts.
+def parse_request(
+    payload: Any, content_type: str | None, max_chars: int, max_texts: int, query: dict | None = None
+) -> ParsedRequest:
+    """Validate one request's body and query parameters and return its texts and options.
 
-    `content_type` is the one the client declared for the body (None when it declared none).
+    `content_type` is the one the client declared for the body (None when it declared none); `query` the
+    query string's parameters (name to value, str or bytes).
     """
+    request, options = _parse_body(payload, content_type, max_chars, max_texts)
+    for name, value in _query_options(query or {}).items():
+        if options.setdefault(name, value) != value:
+            raise InvalidRequest(f"{name} is {_json(options[name])} in the body and {_json(value)} in the query string")
+    return dataclasses.replace(request, **options)
+
+
+def _parse_body(payload: Any, content_type: str | None, max_chars: int, max_texts: int) -> tuple[ParsedRequest, dict]:
+    """The request's texts and form, and the options its body sets."""
     is_json = _accepted_media_type(content_type) == "application/json"
     # Only text and bytes can be empty: a parsed JSON body may be a number or a bool.
     if payload is None or (isinstance(payload, (str, bytes, bytearray)) and not payload):
@@ -96,7 +126,7 @@ def parse_request(payload: Any, content_type: str | None, max_chars: int, max_te
         if is_json:
             payload = _parse_json(payload)
     if not is_json:
-        return ParsedRequest([_checked("text", payload, max_chars)], "single")
+        return ParsedRequest([_checked("text", payload, max_chars)], "single"), {}
     if not isinstance(payload, dict):
         raise InvalidRequest(f"JSON body must be an object, got {_json_type(payload)}: {EXAMPLE}")
     forms = [key for key in FORMS if key in payload]
@@ -104,21 +134,37 @@ def parse_request(payload: Any, content_type: str | None, max_chars: int, max_te
         found = f"got {forms}" if forms else f"got keys {sorted(payload)[:5]}"
         raise InvalidRequest(f'JSON body needs exactly one of "text", "texts", "instances", "inputs", {found}')
     key = forms[0]
-    if key == "text":
-        return ParsedRequest([_checked("text", payload["text"], max_chars)], "single")
     if key == "inputs":
         return _parse_v2(payload, max_chars, max_texts)
+    unknown = sorted(set(payload) - {key, *OPTIONS})
+    if unknown:
+        raise InvalidRequest(f"unknown field {_json(unknown[0])[:80]}: a body holds {_json(key)} and {list(OPTIONS)}")
+    options = {name: _option(name, payload[name]) for name in OPTIONS if name in payload}
+    if key == "text":
+        return ParsedRequest([_checked("text", payload["text"], max_chars)], "single"), options
     items = _bounded_list(key, payload[key], max_texts)
     if key == "instances":  # each a text, or {"text": ...}
         for i, item in enumerate(items):
             if isinstance(item, dict) and "text" not in item:
                 raise InvalidRequest(f'instances[{i}] has no "text" field: give a text, or {{"text": "..."}}')
         items = [item["text"] if isinstance(item, dict) else item for item in items]
-    return ParsedRequest([_checked(f"{key}[{i}]", item, max_chars) for i, item in enumerate(items)], FORMS[key])
+    texts = [_checked(f"{key}[{i}]", item, max_chars) for i, item in enumerate(items)]
+    return ParsedRequest(texts, FORMS[key]), options
 
 
-def _parse_v2(payload: dict, max_chars: int, max_texts: int) -> ParsedRequest:
-    """Open Inference Protocol: one BYTES input tensor of shape [n] (or [n, 1]) holding the texts."""
+def _parse_v2(payload: dict, max_chars: int, max_texts: int) -> tuple[ParsedRequest, dict]:
+    """Open Inference Protocol: one BYTES input tensor of shape [n] (or [n, 1]) holding the texts; the
+    options in the request's `parameters`."""
+    unknown = sorted(set(payload) - {"inputs", *V2_FIELDS})
+    if unknown:
+        raise InvalidRequest(f"unknown field {_json(unknown[0])[:80]}: a v2 request holds inputs and {list(V2_FIELDS)}")
+    parameters = payload.get("parameters", {})
+    if not isinstance(parameters, dict):
+        raise InvalidRequest(f"parameters must be an object, got {_json_type(parameters)}")
+    unknown = sorted(set(parameters) - set(OPTIONS))
+    if unknown:
+        raise InvalidRequest(f"unknown parameter {_json(unknown[0])[:80]}: known are {list(OPTIONS)}")
+    options = {name: _option(f"parameters.{name}", value) for name, value in parameters.items()}
     inputs = payload["inputs"]
     if not isinstance(inputs, list) or len(inputs) != 1 or not isinstance(inputs[0], dict):
         raise InvalidRequest("inputs must hold exactly one input tensor (an object), the texts")
@@ -135,7 +181,30 @@ def _parse_v2(payload: dict, max_chars: int, max_texts: int) -> ParsedRequest:
     request_id = payload.get("id")
     if request_id is not None and not isinstance(request_id, str):
         raise InvalidRequest(f"id must be a string, got {_json_type(request_id)}")
-    return ParsedRequest(texts, "v2", request_id)
+    return ParsedRequest(texts, "v2", request_id), options
+
+
+def _option(field: str, value: Any) -> bool:
+    if not isinstance(value, bool):
+        raise InvalidRequest(f"{field} must be true or false, got {_json_type(value)}")
+    return value
+
+
+def _query_options(query: dict) -> dict[str, bool]:
+    """The options in a query string (`?truncate=true`): true or false, nothing else."""
+    options = {}
+    for name, value in query.items():
+        if name not in OPTIONS:
+            raise InvalidRequest(f"unknown query parameter {_json(str(name))[:80]}: known are {list(OPTIONS)}")
+        text = value.decode("utf-8", "replace") if isinstance(value, (bytes, bytearray)) else str(value)
+        if text.lower() not in ("true", "false"):
+            raise InvalidRequest(f"query parameter {name} must be true or false, got {_json(text)[:40]}")
+        options[name] = text.lower() == "true"
+    return options
+
+
+def _json(value: Any) -> str:
+    return json.dumps(value, ensure_ascii=True)
 
 
 def render(request: ParsedRequest, predictions: list[dict], model_name: str, class_names: tuple[str, ...]) -> Any:
@@ -157,6 +226,9 @@ def render(request: ParsedRequest, predictions: list[dict], model_name: str, cla
         },
         {"name": "truncated", "datatype": "BOOL", "shape": [n], "data": [p["truncated"] for p in predictions]},
     ]
+    if request.windows:  # ragged per text: one JSON list of {start, end, probabilities} per text
+        data = [json.dumps(p["windows"]) for p in predictions]
+        outputs.append({"name": "windows", "datatype": "BYTES", "shape": [n], "data": data})
     if request.explain:  # ragged per text: one JSON list of {word, score} per text
         data = [json.dumps(p["attributions"]) for p in predictions]
         outputs.append({"name": "attributions", "datatype": "BYTES", "shape": [n], "data": data})

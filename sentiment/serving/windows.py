@@ -1,7 +1,7 @@
 """Long texts read whole: overlapping token windows, and the rules that turn their answers into one.
 
 A text longer than MAX_SEQUENCE_LEN tokens is cut by the tokenizer into windows of MAX_SEQUENCE_LEN
-tokens (`[CLS]` and `[SEP]` included) that share WINDOW_OVERLAP tokens with the window before:
+tokens (`[CLS]` and `[SEP]` included) that share WINDOW_OVERLAP_PERCENT of them with the window before:
 `tokenizers` does the cutting (truncation with a stride), so the first window is exactly the text as
 truncation reads it, and a text that fits one window is one window, answered as it always was. Every
 window runs through the model as a text of its own, in the same length-sorted passes as other texts;
@@ -70,10 +70,16 @@ def _geometric(probabilities, encodings):
     return torch.softmax(log_mean, dim=-1)
 
 
-WEIGHTS = {"mean": _uniform, "length": _by_length, "confidence": _by_confidence, "ends": _ends}
+def _weighted(weigh):
+    return lambda probabilities, encodings: _mean(probabilities, weigh(probabilities, encodings))
+
+
 # Each rule: the windows' probabilities [windows, classes] and their encodings -> the text's [classes].
 AGGREGATIONS: dict[str, Any] = {
-    **{name: (lambda weigh: lambda p, e: _mean(p, weigh(p, e)))(weigh) for name, weigh in WEIGHTS.items()},
+    "mean": _weighted(_uniform),
+    "length": _weighted(_by_length),
+    "confidence": _weighted(_by_confidence),
+    "ends": _weighted(_ends),
     "geometric": _geometric,
 }
 

@@ -20,7 +20,7 @@ from pathlib import Path
 from sentiment.project import DEFAULT_CONFIG, REPORTS_DIR
 from sentiment.serving.classifier import SentimentClassifier
 from sentiment.serving.config import ModelConfig
-from sentiment.serving.windows import AGGREGATIONS, content_tokens, windows
+from sentiment.serving.windows import aggregate, content_tokens, windows
 from sentiment.training.scores import classification_report
 
 log = logging.getLogger(__name__)
@@ -47,13 +47,13 @@ def held_out_drug_reviews(model_report: Path) -> list:
     return held_out
 
 
-def window_probabilities(classifier: SentimentClassifier, texts: list[str]) -> list[tuple[list, object]]:
+def window_probabilities(classifier: SentimentClassifier, texts: list[str], label: str) -> list[tuple[list, object]]:
     """Per text: its windows (encodings) and their calibrated probabilities [windows, classes], as served."""
     import torch
     from tqdm import tqdm
 
     readings = []
-    for start in tqdm(range(0, len(texts), 16), desc=f"overlap {classifier.config.window_overlap}", unit="batch"):
+    for start in tqdm(range(0, len(texts), 16), desc=label, unit="batch"):
         encodings = classifier.encode(texts[start : start + 16])
         groups = [windows(encoding) for encoding in encodings]
         every = [window for group in groups for window in group]
@@ -68,7 +68,7 @@ def window_probabilities(classifier: SentimentClassifier, texts: list[str]) -> l
 def answers(readings: list, candidate: Candidate) -> list[int]:
     if candidate.rule == "truncate":
         return [int(p[0].argmax()) for _, p in readings]
-    return [int(AGGREGATIONS[candidate.rule](p, group).argmax()) if len(group) > 1 else int(p[0].argmax()) for group, p in readings]
+    return [int(aggregate(p, group, candidate.rule).argmax()) for group, p in readings]
 
 
 def score(labels: list[int], predictions: list[int], class_names) -> dict:
@@ -89,7 +89,7 @@ def main() -> None:
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config", type=Path, default=DEFAULT_CONFIG)
-    parser.add_argument("--overlaps", type=int, nargs="+", default=[0, 16, 32, 64])
+    parser.add_argument("--overlaps", type=int, nargs="+", default=[0, 16, 32, 64], help="in tokens")
     parser.add_argument("--folds", type=int, default=5)
     parser.add_argument("--seed", type=int, default=1234)
     parser.add_argument("--out", type=Path, default=REPORTS_DIR)
@@ -104,19 +104,19 @@ def main() -> None:
 
     classifier = SentimentClassifier(config).load()
     per_overlap = {}
-    for overlap in args.overlaps:
-        classifier.config = config.with_keys(WINDOW_OVERLAP=overlap)
-        classifier.encoder = classifier._encoder()
-        per_overlap[overlap] = window_probabilities(classifier, texts)
+    for overlap in args.overlaps:  # in tokens, as docs/long-texts.md lists the candidates
+        classifier.encoder.enable_truncation(config.max_sequence_len, stride=overlap)
+        per_overlap[overlap] = window_probabilities(classifier, texts, f"overlap {overlap}")
     first = per_overlap[args.overlaps[0]]
     long = [i for i, (group, _) in enumerate(first) if len(group) > 1]
-    log.info("%d held-out drug reviews, %d longer than one window of %d tokens", len(texts), len(long), config.max_sequence_len)
+    log.info("%d held-out drug reviews, %d longer than one window", len(texts), len(long))
 
     candidates = [Candidate(0, "truncate")] + [Candidate(o, r) for o in args.overlaps for r in RULES]
-    predictions = {c: answers(per_overlap[c.overlap if c.rule != "truncate" else args.overlaps[0]], c) for c in candidates}
+    predictions = {c: answers(per_overlap[c.overlap] if c.rule != "truncate" else first, c) for c in candidates}
 
     def scores_on(indices: list[int]) -> dict[Candidate, dict]:
-        return {c: score([labels[i] for i in indices], [predictions[c][i] for i in indices], class_names) for c in candidates}
+        truth = [labels[i] for i in indices]
+        return {c: score(truth, [predictions[c][i] for i in indices], class_names) for c in candidates}
 
     on_long = scores_on(long)
     truncation = on_long[candidates[0]]
@@ -142,15 +142,13 @@ def main() -> None:
         "truncate": score(pooled_truth, pooled_truncate, class_names),
     }
 
-    tokens = {
-        overlap: sum(sum(len(w) for w in per_overlap[overlap][i][0]) for i in long) / max(1, sum(len(first[i][0][0]) for i in long))
-        for overlap in args.overlaps
-    }
+    truncated_tokens = max(1, sum(len(first[i][0][0]) for i in long))
+    tokens = {o: sum(len(w) for i in long for w in per_overlap[o][i][0]) / truncated_tokens for o in args.overlaps}
     whole = scores_on(list(range(len(texts))))
     result = {
-        "data": f"{len(texts)} drug reviews held out of training (recipe {report_path.name}), {len(long)} longer than one window",
+        "data": f"{len(texts)} drug reviews held out of training ({report_path.name}), {len(long)} of them long",
         "window_tokens": config.max_sequence_len,
-        "windows_per_long_review": {o: sum(len(per_overlap[o][i][0]) for i in long) / max(1, len(long)) for o in args.overlaps},
+        "windows_per_long_review": {o: sum(len(per_overlap[o][i][0]) for i in long) / len(long) for o in args.overlaps},
         "tokens_vs_truncation": tokens,
         "long_reviews": {c.name: s for c, s in on_long.items()},
         "all_held_out_reviews": {c.name: s for c, s in whole.items()},
@@ -162,17 +160,25 @@ def main() -> None:
     (args.out / "long-texts.json").write_text(json.dumps(result, indent=2) + "\n")
     plot(on_long, truncation, args.overlaps, args.out / "long-texts.png", len(long))
 
-    print(f"\n{len(long)} long held-out reviews (of {len(texts)}); truncation: accuracy {truncation['accuracy']:.3f}, macro-F1 {truncation['macro_f1']:.3f}")
-    print(f"{'candidate':<26} {'acc long':>9} {'F1 long':>8} {'acc all':>8} {'F1 all':>7}")
+    lines = [
+        f"{len(long)} long held-out reviews (of {len(texts)})",
+        f"{'candidate':<26} {'acc long':>9} {'F1 long':>8} {'acc all':>8} {'F1 all':>7}",
+    ]
     for c in candidates:
-        print(f"{c.name:<26} {on_long[c]['accuracy']:>9.3f} {on_long[c]['macro_f1']:>8.3f} {whole[c]['accuracy']:>8.3f} {whole[c]['macro_f1']:>7.3f}")
-    print(f"tokens read per long review, against truncation: " + ", ".join(f"overlap {o}: {t:.2f}x" for o, t in tokens.items()))
-    print(f"chosen by the rule: {result['chosen']}")
-    cv = cross_validated
-    print(
-        f"cross-validated ({args.folds} folds, picks {picks}): chosen {cv['chosen']['accuracy']:.3f} / {cv['chosen']['macro_f1']:.3f} "
-        f"against truncation {cv['truncate']['accuracy']:.3f} / {cv['truncate']['macro_f1']:.3f} (accuracy / macro-F1, n={cv['chosen']['n']})"
+        long_score, all_score = on_long[c], whole[c]
+        lines.append(
+            f"{c.name:<26} {long_score['accuracy']:>9.3f} {long_score['macro_f1']:>8.3f} "
+            f"{all_score['accuracy']:>8.3f} {all_score['macro_f1']:>7.3f}"
+        )
+    lines.append("tokens read per long review vs truncation: " + ", ".join(f"{o}: {t:.2f}x" for o, t in tokens.items()))
+    lines.append(f"chosen by the rule: {result['chosen']}")
+    chosen_cv, truncate_cv = cross_validated["chosen"], cross_validated["truncate"]
+    lines.append(
+        f"cross-validated ({args.folds} folds, picks {picks}): chosen {chosen_cv['accuracy']:.3f} / "
+        f"{chosen_cv['macro_f1']:.3f} against truncation {truncate_cv['accuracy']:.3f} / {truncate_cv['macro_f1']:.3f} "
+        f"(accuracy / macro-F1, n={chosen_cv['n']})"
     )
+    log.info("\n%s", "\n".join(lines))
     log.info("wrote %s and %s", args.out / "long-texts.json", args.out / "long-texts.png")
 
 
