@@ -56,7 +56,6 @@ class SentimentHandler:
                 content_type=_content_type(context, idx, row),
                 # The frontend sets "explain" from the path (/explanations/...), over any header a client sends.
                 explain=context.get_request_header(idx, "explain") == "True",
-                query=_query(row),
                 arrived=_arrival(context, idx),
             )
             for idx, row in enumerate(data)
@@ -81,14 +80,6 @@ def _body(row):
         return row.get("data", row.get("body")) if isinstance(row, dict) else row
     except Exception as error:
         return error
-
-
-# The row's entries that hold the body; the others are the query string's parameters.
-BODY_KEYS = ("body", "data")
-
-
-def _query(row) -> dict:
-    return {name: value for name, value in row.items() if name not in BODY_KEYS} if isinstance(row, dict) else {}
 
 
 def _arrival(context, idx: int) -> float | None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import time
 import logging
 import re
 from pathlib import Path
@@ -329,4 +330,42 @@ def test_every_metric_the_handler_emits_is_declared_in_metrics_yaml(handler, mod
     assert set(metrics.cache_keys()) == declared, "the handler emitted a metric metrics.yaml does not declare"
     assert "Failed to update metric" not in caplog.text
     emitted = set(re.findall(r"\[METRICS\](\w+)\.", caplog.text))
-    assert emitted >= {"SentimentRejected", "SentimentTruncated", "SentimentForwardSeconds", "SentimentPassKilotokens"}
+    assert emitted >= {
+        "SentimentRejected",
+        "SentimentTruncated",
+        "SentimentWindows",
+        "SentimentWindowedTexts",
+        "SentimentForwardSeconds",
+        "SentimentPassKilotokens",
+    }
+
+
+@pytest.mark.parametrize(
+    ("stamp", "seconds_ago"),
+    [
+        ("t={:.3f}", 0.5),  # nginx: proxy_set_header X-Request-Start "t=${msec}"
+        ("t={:.0f}", 0.5),  # microseconds (as some proxies send), read by their size
+        ("{:.0f}", 0.5),  # milliseconds, no prefix
+        ("t=soon", None),
+        ("t={:.3f}", None),  # two hours ago: a clock that disagrees, not a queue
+    ],
+)
+def test_the_queue_time_comes_from_the_proxy_s_x_request_start(handler, model_dir, stamp, seconds_ago):
+    now = time.time()
+    if "soon" in stamp:
+        value = stamp
+    elif seconds_ago is None:
+        value = stamp.format(now - 7200)
+    else:
+        scale = {"t={:.3f}": 1, "t={:.0f}": 1e6, "{:.0f}": 1e3}[stamp]
+        value = stamp.format((now - seconds_ago) * scale)
+    context = make_context(model_dir, [JSON_TYPE])
+    headers = {"body": {"content-type": JSON_TYPE}, "Content-Type": JSON_TYPE, "X-Request-Start": value}
+    context.request_processor = [RequestProcessor(headers)]
+    handler.handle([{"body": {"text": "good"}}], context)
+    headers = context.get_response_headers(0)
+    if seconds_ago is None:
+        assert "x-queue-time" not in headers
+    else:
+        assert 500 <= int(headers["x-queue-time"]) < 5000
+    assert headers["x-compute-characters"] == "4"

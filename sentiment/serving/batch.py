@@ -59,7 +59,6 @@ class Incoming:
     body: Any
     content_type: str | None  # as the client declared it, parameters included; None if it declared none
     explain: bool = False  # an explanation request (/explanations)
-    query: dict[str, Any] = field(default_factory=dict)  # the query string's parameters
     arrived: float | None = None  # when the request reached the server (epoch seconds), where known
 
 
@@ -201,8 +200,8 @@ def _parse(item: Incoming, config) -> ParsedRequest | InvalidRequest:
         if isinstance(item.body, Exception):
             raise item.body
         if item.explain:
-            return parse_explanation_request(item.body, item.content_type, config, item.query)
-        return parse_request(item.body, item.content_type, config.max_text_chars, config.max_batch_texts, item.query)
+            return parse_explanation_request(item.body, item.content_type, config)
+        return parse_request(item.body, item.content_type, config.max_text_chars, config.max_batch_texts)
     except InvalidRequest as error:
         return error
     except Exception as error:  # whatever one body does, it must not fail the others

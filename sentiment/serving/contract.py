@@ -9,12 +9,13 @@ One request carries one text or several, in one of these forms (`POST`, UTF-8):
                       KServe v2 {"inputs": [{"name", "datatype": "BYTES", "shape": [n], "data": [...]}]}
                                                                          -> {"model_name", "outputs": [...]}
 
-Options, for every form: `truncate` (true: read only the first MAX_SEQUENCE_LEN tokens of each text;
-false: read long texts whole, in windows; absent: the server's TRUNCATE) and `windows` (true: each
-answer lists the windows its text was read in, with their character spans and probabilities). JSON
-bodies carry them beside the texts (`{"texts": [...], "truncate": true}`; KServe v2 in its
-`parameters` object), any request in its query string (`?truncate=true&windows=true`), the only way
-for text/plain. Unknown fields and parameters are refused, so that a misspelt option is not ignored.
+Options, in every JSON form: `truncate` (true: read only the first MAX_SEQUENCE_LEN tokens of each
+text; false: read long texts whole, in windows; absent: the server's TRUNCATE) and `windows` (true:
+each answer lists the windows its text was read in, with their character spans and probabilities),
+beside the texts (`{"texts": [...], "truncate": true}`) or, in KServe v2, in the request's
+`parameters`. Unknown fields and parameters are refused, so that a misspelt option is not ignored.
+A text/plain body takes the server's defaults: TorchServe 0.12 does not pass a prediction's query
+string on to the worker.
 
 A request without a Content-Type is read as text/plain. Every limit of the parsers is client input
 too: nesting depth, number size, unencodable characters each get a 400 of their own, never an
@@ -85,11 +86,9 @@ class ParsedRequest:
     windows: bool = False  # list each text's windows in its answer
 
 
-def parse_explanation_request(
-    payload: Any, content_type: str | None, config, query: dict | None = None
-) -> ParsedRequest:
+def parse_explanation_request(payload: Any, content_type: str | None, config) -> ParsedRequest:
     """An explanation request: the same bodies, within the explanation limits of `config`."""
-    request = parse_request(payload, content_type, config.max_text_chars, config.explain_max_texts, query)
+    request = parse_request(payload, content_type, config.max_text_chars, config.explain_max_texts)
     for i, text in enumerate(request.texts):
         words = len(text.split())
         if words > config.explain_max_words:
@@ -100,18 +99,12 @@ def parse_explanation_request(
     return dataclasses.replace(request, explain=True)
 
 
-def parse_request(
-    payload: Any, content_type: str | None, max_chars: int, max_texts: int, query: dict | None = None
-) -> ParsedRequest:
-    """Validate one request's body and query parameters and return its texts and options.
+def parse_request(payload: Any, content_type: str | None, max_chars: int, max_texts: int) -> ParsedRequest:
+    """Validate one request's body and return its texts and options.
 
-    `content_type` is the one the client declared for the body (None when it declared none); `query` the
-    query string's parameters (name to value, str or bytes).
+    `content_type` is the one the client declared for the body (None when it declared none).
     """
     request, options = _parse_body(payload, content_type, max_chars, max_texts)
-    for name, value in _query_options(query or {}).items():
-        if options.setdefault(name, value) != value:
-            raise InvalidRequest(f"{name} is {_json(options[name])} in the body and {_json(value)} in the query string")
     return dataclasses.replace(request, **options)
 
 
@@ -188,19 +181,6 @@ def _option(field: str, value: Any) -> bool:
     if not isinstance(value, bool):
         raise InvalidRequest(f"{field} must be true or false, got {_json_type(value)}")
     return value
-
-
-def _query_options(query: dict) -> dict[str, bool]:
-    """The options in a query string (`?truncate=true`): true or false, nothing else."""
-    options = {}
-    for name, value in query.items():
-        if name not in OPTIONS:
-            raise InvalidRequest(f"unknown query parameter {_json(str(name))[:80]}: known are {list(OPTIONS)}")
-        text = value.decode("utf-8", "replace") if isinstance(value, (bytes, bytearray)) else str(value)
-        if text.lower() not in ("true", "false"):
-            raise InvalidRequest(f"query parameter {name} must be true or false, got {_json(text)[:40]}")
-        options[name] = text.lower() == "true"
-    return options
 
 
 def _json(value: Any) -> str:
