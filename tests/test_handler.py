@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import importlib.util
 import json
-import time
 import logging
 import re
+import time
 from pathlib import Path
 
 import pytest

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import time
 
@@ -33,11 +34,11 @@ def test_a_long_text_is_read_in_overlapping_windows_that_cover_it(classifier):
     assert all(len(w) <= window for w in reading)
     # The first window is what truncation reads; the others overlap their predecessor by WINDOW_OVERLAP tokens.
     assert windowing.windows(encoding, truncate=True) == [encoding]
-    for before, after in zip(reading, reading[1:], strict=False):
+    for before, after in itertools.pairwise(reading):
         assert before.ids[-1 - overlap : -1] == after.ids[1 : 1 + overlap]
     spans = [windowing.span(w) for w in reading]
     assert spans[0][0] == 0 and spans[-1][1] == len(LONG.rstrip())
-    assert all(start < end_before for (_, end_before), (start, _) in zip(spans, spans[1:], strict=False))
+    assert all(start < end_before for (_, end_before), (start, _) in itertools.pairwise(spans))
 
 
 def test_a_text_that_fits_one_window_is_answered_exactly_as_truncation_answers_it(classifier):

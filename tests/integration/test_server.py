@@ -94,9 +94,58 @@ def test_plain_text_body_answers_like_json(server):
     assert as_text == as_json
 
 
-def test_long_text_is_truncated_and_says_so(server):
-    body = predict(server, json.dumps({"text": "good " * 400}).encode(), "application/json").json()
-    assert body["truncated"] is True
+def long_review(chars: int = 5000) -> str:
+    """Tweets joined into one text of `chars` characters: about 1,100 tokens, nine windows."""
+    from tests.sentences import mixed_sentences
+
+    text = " ".join(mixed_sentences(400)[5:])
+    return text[: text.rfind(" ", 0, chars)]
+
+
+def test_a_5000_character_review_is_read_whole_and_answers_as_in_process(server):
+    review = long_review()
+    classifier = SentimentClassifier(ModelConfig.from_file(DEFAULT_CONFIG)).load()
+    whole, truncated = classifier.predict([review])[0], classifier.predict([review], truncate=True)[0]
+    response = post_json(server, {"text": review})
+    assert response.status_code == 200, response.text
+    assert response.json() == whole.to_dict()
+    assert whole.truncated is False
+    assert int(response.headers["x-compute-tokens"]) > 5 * classifier.config.max_sequence_len
+    assert post_json(server, {"text": review, "truncate": True}).json() == truncated.to_dict()
+    assert truncated.truncated is True
+
+
+def test_every_form_lists_the_windows_when_asked(server):
+    review = long_review(1500)
+    expected = SentimentClassifier(ModelConfig.from_file(DEFAULT_CONFIG)).load().predict([review], detail=True)[0]
+    expected = expected.to_dict()
+    assert len(expected["windows"]) > 1
+    answers = [
+        post_json(server, {"text": review, "windows": True}).json(),
+        post_json(server, {"texts": [review], "windows": True}).json()["predictions"][0],
+        post_json(server, {"instances": [{"text": review}], "windows": True}).json()["predictions"][0],
+    ]
+    assert answers == [expected] * 3
+    tensor = {"name": "t", "datatype": "BYTES", "shape": [1], "data": [review]}
+    v2 = {"inputs": [tensor], "parameters": {"windows": True}}
+    outputs = {output["name"]: output["data"] for output in post_json(server, v2).json()["outputs"]}
+    assert json.loads(outputs["windows"][0]) == expected["windows"]
+    assert outputs["truncated"] == [False]
+    refused = post_json(server, {"text": review, "window": True})
+    assert refused.status_code == 400 and 'unknown field "window"' in refused.json()["error"]
+
+
+def test_answers_carry_timing_headers_and_the_queue_time_from_x_request_start(server):
+    headers = {"Content-Type": "application/json", **server.auth_header("inference")}
+    url = f"{server.url('inference')}/predictions/sentiment"
+    plain = requests.post(url, data=b'{"text": "good"}', headers=headers, timeout=60)
+    assert plain.headers["x-compute-type"] == "cpu" and plain.headers["x-compute-characters"] == "4"
+    assert {"x-compute-time", "x-inference-time", "x-tokenization-time", "x-compute-tokens"} <= set(plain.headers)
+    assert "x-queue-time" not in plain.headers
+    stamped = requests.post(
+        url, data=b'{"text": "good"}', headers={**headers, "X-Request-Start": f"t={time.time() - 2:.3f}"}, timeout=60
+    )
+    assert 2000 <= int(stamped.headers["x-queue-time"]) < 60_000
 
 
 @pytest.mark.parametrize("case", BAD_INPUTS.values(), ids=BAD_INPUTS.keys())
@@ -381,12 +430,13 @@ def test_every_metric_the_dashboard_queries_is_on_the_metrics_endpoint(server):
         for name in re.findall(r"[A-Za-z_][A-Za-z0-9_]*", re.sub(r"\[[0-9a-z]+\]", "", expr))
         if name not in PROMQL_WORDS
     }
-    post_json(server, {"texts": [NEGATIVE, "good " * 300]})  # a pass, a truncated text
+    post_json(server, {"texts": [NEGATIVE, "good " * 300]})  # a pass, a text read in windows
+    post_json(server, {"texts": ["good " * 300], "truncate": True})  # a truncated text
     predict(server, b"", "text/plain")  # a 4xx
     text = requests.get(f"{server.url('metrics')}/metrics", headers=server.auth_header("management"), timeout=10).text
     exposed = {line.split()[2] for line in text.splitlines() if line.startswith("# TYPE ")}
     assert queried - exposed == set()
-    assert {"SentimentForwardSeconds", "SentimentPassKilotokens", "SentimentTruncated"} <= queried
+    assert {"SentimentForwardSeconds", "SentimentPassKilotokens", "SentimentTruncated", "SentimentWindows"} <= queried
     assert "SentimentForwardSeconds histogram" in text
 
 
