@@ -15,7 +15,7 @@ from sentiment.project import PROJECT_DIR
 pytestmark = pytest.mark.integration
 DOCUMENT = yaml.safe_load((PROJECT_DIR / "openapi.yaml").read_text())
 # Examples that show a client error rather than an answer.
-ERROR_EXAMPLES = {"bad_item", "too_many", "too_many_words"}
+ERROR_EXAMPLES = {"bad_item", "too_many", "too_many_words", "misspelt_option"}
 EXAMPLES = [
     (path, content_type, name, example["value"])
     for path, operations in DOCUMENT["paths"].items()
