@@ -8,8 +8,11 @@ scored too, for continuity with earlier reports.
 
 The model runs through `SentimentClassifier`, the class the TorchServe handler wraps, on the device
 a worker on this machine would use (the first GPU, else the CPU), so the tokenizer settings,
-truncation, precision and temperature are those of the server here. The VADER
-lexicon is scored on the same sentences for comparison. Writes reports/eval.json and, per test
+windows, precision and temperature are those of the server here. The VADER
+lexicon is scored on the same sentences for comparison. Texts longer than one window are read whole,
+as the server reads them; the drug reviews longer than one window are scored read whole and
+truncated side by side, and every answer on the reserved products is checked to equal truncation's
+(docs/long-texts.md). Writes reports/eval.json and, per test
 set, a confusion-matrix PNG and a reliability diagram.
 """
 
@@ -41,14 +44,17 @@ log = logging.getLogger(__name__)
 BATCH_SIZE = 64
 
 
-def model_probabilities(classifier: SentimentClassifier, texts: list[str]) -> list[list[float]]:
-    """Each text's probabilities in CLASS_NAMES order."""
+def model_probabilities(
+    classifier: SentimentClassifier, texts: list[str], truncate: bool | None = None
+) -> list[list[float]]:
+    """Each text's probabilities in CLASS_NAMES order, read as the server reads it (or truncated)."""
     # Length-sorted batches: the server pads each batch to its longest text, so this is how it runs.
     order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
     probabilities: list[list[float]] = [[]] * len(texts)
-    for start in tqdm(range(0, len(order), BATCH_SIZE), desc=f"model {classifier.precision}", unit="batch"):
+    label = f"model {classifier.precision}" + (", truncated" if truncate else "")
+    for start in tqdm(range(0, len(order), BATCH_SIZE), desc=label, unit="batch"):
         idx = order[start : start + BATCH_SIZE]
-        for i, prediction in zip(idx, classifier.predict([texts[i] for i in idx]), strict=True):
+        for i, prediction in zip(idx, classifier.predict([texts[i] for i in idx], truncate=truncate), strict=True):
             probabilities[i] = [prediction.probabilities[name] for name in classifier.config.class_names]
     return probabilities
 
@@ -65,9 +71,11 @@ def vader_predictions(texts: list[str]) -> list[str]:
     return predictions
 
 
-def score_model(classifier: SentimentClassifier, texts: list[str], labels: list[int]) -> dict:
+def score_model(
+    classifier: SentimentClassifier, texts: list[str], labels: list[int], truncate: bool | None = None
+) -> dict:
     started = time.monotonic()
-    probabilities = model_probabilities(classifier, texts)
+    probabilities = model_probabilities(classifier, texts, truncate)
     seconds = time.monotonic() - started
     report = classification_report(labels, [p.index(max(p)) for p in probabilities], classifier.config.class_names)
     report["ece"] = expected_calibration_error(probabilities, labels)
@@ -87,7 +95,32 @@ def evaluate_set(name: str, examples: list[Example], classifiers: dict, out: Pat
     plot_reliability(served["calibration_bins"], served["ece"], f"{name}: reliability", out / f"{name}-reliability.png")
     vader = [class_names.index(label) for label in vader_predictions(texts)]
     scores["VADER lexicon"] = classification_report(labels, vader, class_names)
-    return {"examples": len(examples), "scores": scores}
+    return {"examples": len(examples), "scores": scores, "long_texts": long_texts(examples, classifiers)}
+
+
+def long_texts(examples: list[Example], classifiers: dict) -> dict:
+    """The texts longer than one window, read whole (as served) and truncated, by the served precision; and
+    whether every other text answers exactly as truncation answers it."""
+    served = next(iter(classifiers.values()))
+    class_names = served.config.class_names
+    texts = [e.text for e in examples]
+    long = [i for i, encoding in enumerate(served.encode(texts)) if encoding.overflowing]
+    short = [texts[i] for i in range(len(texts)) if i not in set(long)]
+    identical = sum(
+        a == b
+        for start in range(0, len(short), BATCH_SIZE)
+        for a, b in zip(
+            served.predict(short[start : start + BATCH_SIZE]),
+            served.predict(short[start : start + BATCH_SIZE], truncate=True),
+            strict=True,
+        )
+    )
+    report = {"long": len(long), "short": len(short), "short_identical_to_truncation": identical}
+    if long:
+        labels = [class_names.index(examples[i].label) for i in long]
+        report["whole"] = score_model(served, [texts[i] for i in long], labels)
+        report["truncated"] = score_model(served, [texts[i] for i in long], labels, truncate=True)
+    return report
 
 
 def plot_confusion(matrix: list[list[int]], class_names: tuple[str, ...], title: str, path: Path) -> None:
@@ -176,6 +209,18 @@ def print_summary(results: dict) -> None:
         for label, c in served["per_class"].items():
             lines.append(f"  {label:9s} {c['precision']:.3f} / {c['recall']:.3f} / {c['f1']:.3f}  (n={c['support']})")
         lines.append(f"  confusion matrix (rows: human label, columns: predicted): {served['confusion_matrix']}")
+        long = result["long_texts"]
+        lines.append(
+            f"  {long['short']} texts fit one window; their answers equal truncation's for "
+            f"{long['short_identical_to_truncation']} of them"
+        )
+        if long["long"]:
+            whole, cut = long["whole"], long["truncated"]
+            lines.append(
+                f"  {long['long']} texts longer than one window: read whole {whole['accuracy']:.3f} / "
+                f"{whole['macro_f1']:.3f} / ECE {whole['ece']:.3f}, truncated {cut['accuracy']:.3f} / "
+                f"{cut['macro_f1']:.3f} / ECE {cut['ece']:.3f} (accuracy / macro-F1)"
+            )
     log.info("\n%s", "\n".join(lines))
 
 
