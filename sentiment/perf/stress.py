@@ -1,11 +1,13 @@
 """Heavy requests against the running server: does any get a 5xx, does any worker die?
 
-    sentiment-stress [--texts cjk|emoji|english] [--clients 6] [--seconds 60] [--per-request 64]
+    sentiment-stress [--texts cjk|emoji|english|review] [--clients 6] [--seconds 60] [--per-request 64]
                      [--hog N] [--model sentiment]
 
 Each client sends requests of `--per-request` texts of about MAX_SEQUENCE_LEN tokens, back to back:
 `cjk` (Chinese and Japanese, one WordPiece token per character: four times what a characters/4
-estimate says), `emoji` (emoji and mixed scripts), `english` (long review-like text). With `--hog N`,
+estimate says), `emoji` (emoji and mixed scripts), `english` (long review-like text); `review` is one
+whole review of almost MAX_TEXT_CHARS (5,000) characters, read in about nine windows (use it with
+`--per-request 1`; `--clients 1` on an idle server gives its latency alone). With `--hog N`,
 N processes spin on the CPU for the whole run, so that the workers run slower than they measured at
 start (two per core: about a third of the speed). Prints the status counts, latency and whether any
 worker process changed (a restart), and writes reports/stress-<texts>.json. Exits 1 on any 5xx other
@@ -27,11 +29,32 @@ from sentiment.project import DEFAULT_MODEL, REPORTS_DIR
 
 log = logging.getLogger(__name__)
 
+def _whole_review(chars: int) -> str:
+    """A long product review of at most `chars` characters, its verdict spread over the text."""
+    sentences = [
+        "I was sceptical when I ordered this, because the reviews were mixed and the price is not small.",
+        "The first week was rough: the battery drained overnight twice and the app kept logging me out.",
+        "Support answered within the hour, though, and walked me through a reset that fixed the logouts.",
+        "A firmware update a few days later fixed the battery drain, and it has lasted two days since.",
+        "The screen is bright enough to read outside, and the colours look natural rather than oversaturated.",
+        "The speaker is the weak point: at full volume it crackles, so I use headphones for music.",
+        "Build quality is good; it survived a drop onto kitchen tiles with only a scuff on one corner.",
+        "Setting it up took ten minutes, most of which was waiting for the first update to download.",
+        "The camera is better than my old one in low light, though it is slow to focus on moving kids.",
+    ]
+    text, i = "", 0
+    while len(text) + len(sentences[i % len(sentences)]) + 1 <= chars:
+        text += ("" if not text else " ") + sentences[i % len(sentences)]
+        i += 1
+    return text
+
+
 TEXTS = {
     # 20 characters, each its own token in BERT's vocabulary: 140 characters are 140 tokens, cut at 128.
     "cjk": "这个手机很好用，我非常喜欢它的屏幕和电池。" * 6 + "最高の買い物でした！電池も長持ち。",
     "emoji": "😀👍🏽🔥 великолепно! 最高 ✨ ok 👎 ужасно 😡 " * 8,
     "english": "The battery lasts two days and the screen is bright, but the speaker crackles at volume. " * 6,
+    "review": _whole_review(4990),
 }
 
 

@@ -70,8 +70,8 @@ class ModelConfig:
     )
     max_sequence_len: int = _setting(
         128,
-        "tokens per text, `[CLS]`/`[SEP]` included; longer texts are truncated and say so. "
-        "At most the model's position limit",
+        "tokens the model reads at a time, `[CLS]`/`[SEP]` included: a longer text is read in windows of this "
+        "size (or truncated, with `TRUNCATE`). At most the model's position limit",
         minimum=8,
         maximum=4096,
     )
