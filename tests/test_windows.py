@@ -230,3 +230,30 @@ def test_answers_carry_tei_s_timing_headers_and_the_queue_time_where_the_arrival
     assert abs(int(stamped["x-total-time"]) - int(stamped["x-queue-time"]) - int(stamped["x-compute-time"])) <= 1
     assert int(stamped["x-compute-tokens"]) > classifier.config.max_sequence_len
     assert bad == {}
+
+
+def test_a_long_text_is_explained_read_whole_each_variant_in_its_windows(classifier):
+    """Explanations read a long text as predictions do: the attributions explain the answer the text gets."""
+    text = "good bad movie phone app time " * 3 + "awful"  # 19 words, 21 tokens: windows of 16
+    assert len(windowing.windows(classifier.encode([text])[0])) > 1
+    replies, stats = answer_batch(
+        [Incoming({"text": text}, JSON, explain=True), Incoming({"text": text, "truncate": True}, JSON, explain=True)],
+        classifier,
+        budget(),
+        "s",
+    )
+    whole, truncated = replies[0].body, replies[1].body
+    assert {key: whole[key] for key in ("sentiment", "probabilities", "truncated")} == {
+        key: value for key, value in classifier.predict([text])[0].to_dict().items() if key != "confidence"
+    }
+    assert whole["truncated"] is False and truncated["truncated"] is True
+    assert [a["word"] for a in whole["attributions"]] == text.split()
+    assert whole["attributions"] != truncated["attributions"]  # the last word, "awful", is read only whole
+    assert stats.windowed > 1
+
+
+def test_an_explanation_too_large_for_the_budget_is_refused_naming_it(classifier):
+    text = "good bad movie phone app time " * 3 + "awful"
+    replies, _ = answer_batch([Incoming({"text": text}, JSON, explain=True)], classifier, budget(100), "s")
+    assert replies[0].status == 413
+    assert "explanation variants, long texts read whole in windows" in replies[0].body["error"]
