@@ -29,6 +29,7 @@ from sentiment.project import DEFAULT_MODEL, REPORTS_DIR
 
 log = logging.getLogger(__name__)
 
+
 def _whole_review(chars: int) -> str:
     """A long product review of at most `chars` characters, its verdict spread over the text."""
     sentences = [
