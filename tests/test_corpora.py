@@ -117,3 +117,20 @@ def test_product_reviews_split_by_review_number_into_reserved_and_development_pr
 
 def test_vader_sentences_keep_their_ids(vader_sdist):
     assert [e.id for e in corpora.load_vader("tweets")] == ["1", "2"]
+
+
+def test_only_make_eval_reads_the_reserved_products():
+    """The protocol (docs/model-protocol.md): no tool but `make eval` loads the reserved products' labels.
+    corpora.py defines them (and `without_product_texts` reads their texts, to drop copies from training)."""
+    import re
+
+    from sentiment.project import PROJECT_DIR
+
+    allowed = {"sentiment/training/corpora.py", "sentiment/training/evaluate.py"}
+    readers = set()
+    for path in [*(PROJECT_DIR / "sentiment").rglob("*.py"), *(PROJECT_DIR / "scripts").rglob("*.py")]:
+        source = path.read_text(encoding="utf-8")
+        # The labelled set that holds them, or a selection of the reserved products from it.
+        if re.search(r"\bRESERVED_SET\b|of_products\([^)]*RESERVED_PRODUCTS", source):
+            readers.add(str(path.relative_to(PROJECT_DIR)))
+    assert readers <= allowed
