@@ -150,9 +150,9 @@ manifests: $(STAMP) ## render every overlay of deploy/k8s into dist/manifests/ (
 stop: ## stop TorchServe and its workers
 	@if [ -x $(BIN)/sentiment-server ]; then $(BIN)/sentiment-server stop; fi
 
-scale: $(STAMP) ## set the number of workers: make scale WORKERS=2 [MODEL=sentiment]
+scale: $(STAMP) ## set the number of workers: make scale WORKERS=2 [MODEL=sentiment] (0 needs ALLOW_ZERO=1)
 	@[ -n "$(WORKERS)" ] || { echo "make scale needs a worker count: make scale WORKERS=2" >&2; exit 2; }
-	$(BIN)/sentiment-server scale $(WORKERS) $(if $(MODEL),--model $(MODEL))
+	$(BIN)/sentiment-server scale $(WORKERS) $(if $(MODEL),--model $(MODEL)) $(if $(ALLOW_ZERO),--allow-zero)
 
 status: $(STAMP) ## show the workers of the running model [MODEL=sentiment]
 	$(BIN)/sentiment-server status $(if $(MODEL),--model $(MODEL))

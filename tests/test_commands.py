@@ -16,12 +16,14 @@ COMMANDS = [
     "sentiment-archive",
     "sentiment-kserve-bundle",
     "sentiment-train",
+    "sentiment-crossval",
     "sentiment-eval",
     "sentiment-import",
     "sentiment-bench",
     "sentiment-loadtest",
     "sentiment-fuzz",
     "sentiment-soak",
+    "sentiment-stress",
     "sentiment-gpu-check",
 ]
 
@@ -107,3 +109,28 @@ def test_starting_a_model_without_its_archive_names_the_command_that_builds_it(t
     (tmp_path / "store" / "sentiment.mar").touch()
     with pytest.raises(ServerError, match=re.escape(f"{model}.mar is missing: build it with `{advice}")):
         server.start(timeout=1)
+
+
+@pytest.mark.parametrize(
+    ("command", "message"),
+    [
+        (("sentiment-archive", "--config", "no/such/config.json"), "cannot read model config no/such/config.json"),
+        (("sentiment-archive", "--config", "{bad_key}"), "unknown config keys: ['MAX_SEQ_LEN']"),
+        (("sentiment-import", "--hf-dir", "/no/such/folder", "--output", "{out}"), "/no/such/folder"),
+        (("sentiment-eval", "--config", "{bad_key}"), "unknown config keys: ['MAX_SEQ_LEN']"),
+    ],
+)
+def test_a_user_s_mistake_is_one_line_and_exit_2_the_traceback_only_on_request(tmp_path, command, message):
+    import json
+
+    from sentiment.project import DEFAULT_CONFIG
+
+    bad_key = tmp_path / "config.json"  # the shipped config with a misspelt key
+    bad_key.write_text(json.dumps({**json.loads(DEFAULT_CONFIG.read_text()), "MAX_SEQ_LEN": 64}))
+    argv = [part.format(bad_key=bad_key, out=tmp_path / "out") for part in command]
+    result = run(str(BIN / argv[0]), *argv[1:])
+    assert result.returncode == 2
+    assert result.stderr.count("\n") == 1 and message in result.stderr and "Traceback" not in result.stderr
+    assert result.stderr.startswith(f"{argv[0]}: ")
+    debug = run(str(BIN / argv[0]), *argv[1:], SENTIMENT_DEBUG="1")
+    assert "Traceback" in debug.stderr and message in debug.stderr

@@ -28,6 +28,7 @@ from pathlib import Path
 import yaml
 
 import sentiment
+from sentiment.console import command
 from sentiment.ops.devices import gpu_count
 from sentiment.project import DEFAULT_CONFIG, MODEL_STORE, PROJECT_DIR, model_name_for
 from sentiment.serving.classifier import resolve_bert_dir
@@ -173,6 +174,7 @@ def describe(archive: Path) -> str:
     )
 
 
+@command
 def main() -> None:
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)

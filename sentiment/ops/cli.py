@@ -2,7 +2,7 @@
 
     sentiment-server start [--models sentiment [mine ...]] [--no-auth] [--model-api] [--timeout 180]
     sentiment-server stop
-    sentiment-server scale WORKERS [--model NAME]
+    sentiment-server scale WORKERS [--model NAME] [--allow-zero]
     sentiment-server status [--model NAME]
     sentiment-server versions [--model NAME]
     sentiment-server register ARCHIVE.mar [--model NAME] [--workers 1]    # needs start --model-api
@@ -18,13 +18,13 @@
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import sys
 import time
 
 import requests
 
+from sentiment.console import command
 from sentiment.ops.archive import describe
 from sentiment.ops.local_server import LocalServer, ServerError
 from sentiment.ops.management import ManagementError
@@ -45,12 +45,29 @@ def curl_example(server: LocalServer) -> str:
     )
 
 
+def plural(count: int, noun: str) -> str:
+    return f"{count} {noun}{'' if count == 1 else 's'}"
+
+
+def status_table(model: str, workers: list[dict]) -> str:
+    """One line per worker: what an operator looks at (the full JSON is at the management API)."""
+    lines = [f"{model}: {plural(len(workers), 'worker')}"]
+    for worker in workers:
+        memory = worker.get("memoryUsage") or 0
+        gpu = "gpu" if worker.get("gpu") else "cpu"
+        lines.append(
+            f"  pid {worker.get('pid', '-'):>7}  {worker.get('status', '?'):9s}  {memory / 2**20:6.0f} MiB  {gpu}  "
+            f"since {worker.get('startTime', '?')}"
+        )
+    return "\n".join(lines)
+
+
 def start(server: LocalServer, timeout: float) -> None:
     started = time.monotonic()
     server.start(timeout)
     for model in server.models:
         log.info("serving %s", describe(server.model_store / f"{model}.mar"))
-        log.info("  %d workers READY after %.1f s", len(server.workers(model)), time.monotonic() - started)
+        log.info("  %s READY after %.1f s", plural(len(server.workers(model)), "worker"), time.monotonic() - started)
         log.info("  inference:  %s/predictions/%s", server.url("inference"), model)
         log.info("  management: %s/models/%s", server.url("management"), model)
     others = sorted({p.stem for p in server.model_store.glob("*.mar")} - set(server.models))
@@ -61,6 +78,7 @@ def start(server: LocalServer, timeout: float) -> None:
     log.info("try it:\n  %s", curl_example(server))
 
 
+@command
 def main() -> None:
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -76,6 +94,9 @@ def main() -> None:
     scale_parser = commands.add_parser("scale", help="set the number of workers of a model")
     scale_parser.add_argument("workers", type=int)
     scale_parser.add_argument("--model", default=DEFAULT_MODEL)
+    scale_parser.add_argument(
+        "--allow-zero", action="store_true", help="accept 0 workers: the model stays registered but answers nothing"
+    )
     status_parser = commands.add_parser("status", help="print a model's workers")
     status_parser.add_argument("--model", default=DEFAULT_MODEL)
     versions_parser = commands.add_parser("versions", help="list a model's versions and which is the default")
@@ -109,10 +130,10 @@ def main() -> None:
         elif args.command == "stop":
             server.stop()
         elif args.command == "scale":
-            workers = server.scale(args.workers, args.model)
-            log.info("%d workers: %s", len(workers), ", ".join(f"{w['pid']} {w['status']}" for w in workers))
+            workers = server.scale(args.workers, args.model, allow_zero=args.allow_zero)
+            log.info("%s: %s", plural(len(workers), "worker"), ", ".join(f"{w['pid']} {w['status']}" for w in workers))
         elif args.command == "status":
-            print(json.dumps(server.workers(args.model), indent=2))  # noqa: T201 - this command's output
+            print(status_table(args.model, server.workers(args.model)))  # noqa: T201 - this command's output
         elif args.command == "versions":
             default = server.management.default_version(args.model)
             for entry in server.management.versions(args.model):

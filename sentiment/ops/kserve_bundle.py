@@ -22,6 +22,7 @@ import logging
 import shutil
 from pathlib import Path
 
+from sentiment.console import command
 from sentiment.ops.archive import MODEL_YAML, build, model_settings
 from sentiment.ops.properties import parse_properties
 from sentiment.project import DEFAULT_CONFIG, DEFAULT_MODEL, PROJECT_DIR
@@ -140,6 +141,7 @@ def write_bundle(
     return out
 
 
+@command
 def main() -> None:
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)

@@ -130,8 +130,10 @@ class LocalServer:
     def workers(self, model: str | None = None) -> list[dict]:
         return self.management.workers(model or self.model_name)
 
-    def scale(self, workers: int, model: str | None = None, timeout: float = 180.0) -> list[dict]:
-        return self.management.scale(model or self.model_name, workers, timeout)
+    def scale(
+        self, workers: int, model: str | None = None, timeout: float = 180.0, allow_zero: bool = False
+    ) -> list[dict]:
+        return self.management.scale(model or self.model_name, workers, timeout, allow_zero)
 
     # -- lifecycle ---------------------------------------------------------------------------
     def pid(self) -> int | None:

@@ -20,13 +20,25 @@ class ManagementClient:
         self.url = url.rstrip("/")
         self.headers = headers
 
-    def workers(self, model: str) -> list[dict]:
-        response = requests.get(f"{self.url}/models/{model}", headers=self.headers, timeout=5)
-        response.raise_for_status()
-        return response.json()[0]["workers"]
+    def _get(self, path: str, model: str):
+        response = requests.get(f"{self.url}/models/{path}", headers=self.headers, timeout=5)
+        if response.status_code == 404:
+            raise ManagementError(f"no model {model!r} is registered on this server")
+        if response.status_code >= 400:
+            raise ManagementError(f"the management API answered HTTP {response.status_code}: {response.text.strip()}")
+        return response.json()
 
-    def scale(self, model: str, workers: int, timeout: float = 180.0) -> list[dict]:
-        """Set the worker count and wait until TorchServe reports it done."""
+    def workers(self, model: str) -> list[dict]:
+        return self._get(model, model)[0]["workers"]
+
+    def scale(self, model: str, workers: int, timeout: float = 180.0, allow_zero: bool = False) -> list[dict]:
+        """Set the worker count and wait until TorchServe reports it done. No workers means no answers at all
+        (requests queue, then time out), so 0 takes `allow_zero`."""
+        if workers < 0 or (workers == 0 and not allow_zero):
+            raise ManagementError(
+                f"{workers} workers would leave {model} unable to answer: give at least 1"
+                + ("" if workers < 0 else " (or --allow-zero to park the model on purpose)")
+            )
         response = requests.put(
             f"{self.url}/models/{model}",
             params={"min_worker": workers, "max_worker": max(workers, 1), "synchronous": "true"},
@@ -58,15 +70,11 @@ class ManagementClient:
 
     def versions(self, model: str) -> list[dict]:
         """Every registered version of `model`: modelVersion, the archive it came from, its workers."""
-        response = requests.get(f"{self.url}/models/{model}/all", headers=self.headers, timeout=5)
-        response.raise_for_status()
-        return response.json()
+        return self._get(f"{model}/all", model)
 
     def default_version(self, model: str) -> str:
         """The version that /predictions/MODEL (no version in the path) goes to."""
-        response = requests.get(f"{self.url}/models/{model}", headers=self.headers, timeout=5)
-        response.raise_for_status()
-        return response.json()[0]["modelVersion"]
+        return self._get(model, model)[0]["modelVersion"]
 
     def register(self, archive: str, model: str, workers: int = 1, timeout: float = 180.0) -> str:
         """Register an archive of the model store as a version of `model` beside the ones it has, with
@@ -94,7 +102,19 @@ class ManagementClient:
             raise ManagementError(f"set-default {model} {version} failed: HTTP {response.status_code} {response.text}")
 
     def unregister(self, model: str, version: str, timeout: float = 60.0) -> None:
-        """Remove one version and stop its workers; TorchServe refuses to remove the default version."""
+        """Remove one version and stop its workers. Never the default version: TorchServe refuses it while
+        other versions exist, and removes the whole model when it is the only one."""
+        versions = [entry["modelVersion"] for entry in self.versions(model)]
+        if version not in versions:
+            raise ManagementError(f"{model} has no version {version!r}: it has {', '.join(versions)}")
+        if version == self.default_version(model):
+            others = [v for v in versions if v != version]
+            advice = (
+                f"`set-default {others[0]}` first, if that is the version to keep"
+                if others
+                else "it is the only version, and removing it would stop serving the model (`make stop` stops it all)"
+            )
+            raise ManagementError(f"{model} {version} is the default version, which is never removed: {advice}")
         response = requests.delete(
             f"{self.url}/models/{model}/{version}",
             params={"synchronous": "true"},

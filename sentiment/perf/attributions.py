@@ -15,6 +15,7 @@ import logging
 import statistics
 import time
 
+from sentiment.console import command
 from sentiment.project import DEFAULT_CONFIG
 from sentiment.serving.classifier import SentimentClassifier
 from sentiment.serving.config import ModelConfig
@@ -73,6 +74,7 @@ def spearman(a: list[float], b: list[float]) -> float:
     return statistics.correlation(ra, rb)
 
 
+@command
 def main() -> None:
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)

@@ -22,6 +22,7 @@ import time
 import warnings
 from pathlib import Path
 
+from sentiment.console import command
 from sentiment.project import DEFAULT_CONFIG
 from sentiment.serving.classifier import SentimentClassifier
 from sentiment.serving.config import ModelConfig
@@ -68,6 +69,7 @@ def onnx_sessions(classifier_fp32: SentimentClassifier, folder: Path) -> dict:
     }
 
 
+@command
 def main() -> None:
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter).parse_args()

@@ -50,6 +50,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
+from sentiment.console import command
 from sentiment.ops.archive import build, model_yaml_for
 from sentiment.ops.local_server import LocalServer
 from sentiment.perf import wrk
@@ -403,6 +404,7 @@ def parse_variant(text: str) -> tuple[str, dict]:
     return name, changes
 
 
+@command
 def main() -> None:
     import sys
 

@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 
 from tqdm import tqdm
 
+from sentiment.console import command
 from sentiment.perf.loadtest import Client, running_server
 from sentiment.project import DEFAULT_MODEL
 
@@ -181,6 +182,7 @@ def fuzz(url: str, headers: dict[str, str], requests: int, connections: int, see
     return report
 
 
+@command
 def main() -> None:
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)

@@ -19,6 +19,7 @@ import sys
 import time
 from pathlib import Path
 
+from sentiment.console import command
 from sentiment.project import DEFAULT_CONFIG, REPORTS_DIR
 from sentiment.serving.classifier import SentimentClassifier
 from sentiment.serving.config import ModelConfig
@@ -43,6 +44,7 @@ def compare(reference: list, candidate: list) -> dict:
     return {"texts": len(reference), "label_agreement": round(same / len(reference), 4), "max_prob_diff": largest}
 
 
+@command
 def main() -> None:
     import torch
 

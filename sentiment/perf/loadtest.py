@@ -29,6 +29,7 @@ from urllib.parse import urlsplit
 import requests
 from tqdm import tqdm
 
+from sentiment.console import command
 from sentiment.ops.local_server import LocalServer
 from sentiment.project import DEFAULT_MODEL, REPORTS_DIR
 from sentiment.training.corpora import review_sentences
@@ -315,6 +316,7 @@ def running_server(model: str) -> tuple[LocalServer, str, dict[str, str]]:
     return server, url, headers
 
 
+@command
 def main() -> None:
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)

@@ -19,6 +19,7 @@ import statistics
 import time
 from pathlib import Path
 
+from sentiment.console import command
 from sentiment.project import DEFAULT_CONFIG
 from sentiment.serving.classifier import SentimentClassifier
 from sentiment.serving.config import ModelConfig
@@ -28,6 +29,7 @@ log = logging.getLogger(__name__)
 LONG = "The battery lasts two days and the screen is bright, but the speaker crackles at volume. " * 6
 
 
+@command
 def main() -> None:
     import torch
 

@@ -20,6 +20,7 @@ from pathlib import Path
 
 from tqdm import tqdm
 
+from sentiment.console import command
 from sentiment.perf.bench import worker_rss_mb
 from sentiment.perf.loadtest import closed_loop, open_loop, running_server
 from sentiment.project import DEFAULT_MODEL, REPORTS_DIR
@@ -53,6 +54,7 @@ def plot(windows: list[dict], path: Path) -> None:
     plt.close(fig)
 
 
+@command
 def main() -> None:
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)

@@ -24,6 +24,7 @@ import threading
 import time
 from collections import Counter
 
+from sentiment.console import command
 from sentiment.perf.loadtest import Client, percentile, running_server
 from sentiment.project import DEFAULT_MODEL, REPORTS_DIR
 
@@ -64,6 +65,7 @@ def spin(stop) -> None:
         pass
 
 
+@command
 def main() -> None:
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)

@@ -24,6 +24,7 @@ import time
 from dataclasses import asdict
 from pathlib import Path
 
+from sentiment.console import command
 from sentiment.project import DEFAULT_CONFIG, REPORTS_DIR
 from sentiment.serving.classifier import SentimentClassifier
 from sentiment.serving.config import ModelConfig
@@ -124,6 +125,7 @@ def crossvalidate(recipe: TrainingRecipe, config: ModelConfig, folds: int, work_
     }
 
 
+@command
 def main() -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)

@@ -27,6 +27,7 @@ from pathlib import Path
 
 from tqdm import tqdm
 
+from sentiment.console import command
 from sentiment.project import DEFAULT_CONFIG, REPORTS_DIR
 from sentiment.serving.classifier import SentimentClassifier, choose_device
 from sentiment.serving.config import ModelConfig
@@ -224,6 +225,7 @@ def print_summary(results: dict) -> None:
     log.info("\n%s", "\n".join(lines))
 
 
+@command
 def main() -> None:
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)

@@ -28,6 +28,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, save_file
 
+from sentiment.console import command
 from sentiment.project import model_name_for
 from sentiment.serving.batch import response_timeout_for
 from sentiment.serving.classifier import SentimentClassifier, weights_metadata
@@ -203,6 +204,7 @@ def write_model_yaml(served: SentimentClassifier, path: Path) -> Path:
     return path
 
 
+@command
 def main() -> None:
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)

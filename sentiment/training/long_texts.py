@@ -17,6 +17,7 @@ import logging
 import random
 from pathlib import Path
 
+from sentiment.console import command
 from sentiment.project import DEFAULT_CONFIG, REPORTS_DIR
 from sentiment.serving.classifier import SentimentClassifier
 from sentiment.serving.config import ModelConfig
@@ -85,6 +86,7 @@ def choose(scores: dict[Candidate, dict], baseline: dict) -> Candidate | None:
     return min(eligible, key=lambda c: (-scores[c]["accuracy"], -scores[c]["macro_f1"], c.overlap, RULES.index(c.rule)))
 
 
+@command
 def main() -> None:
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)

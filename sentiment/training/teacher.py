@@ -30,6 +30,7 @@ from pathlib import Path
 import torch
 
 from sentiment import project
+from sentiment.console import command
 from sentiment.project import DEFAULT_CONFIG
 from sentiment.serving.classifier import mean_pooling_encoder_classifier, weights_metadata
 from sentiment.serving.config import ModelConfig
@@ -257,6 +258,7 @@ def export_served_model(output: Path = LARGE_MODEL_DIR, max_sequence_len: int = 
     return config
 
 
+@command
 def main() -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)

@@ -30,6 +30,7 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
+from sentiment.console import command
 from sentiment.project import DEFAULT_CONFIG
 from sentiment.serving.classifier import (
     SentimentClassifier,
@@ -639,6 +640,7 @@ def parse_bool(text: str) -> bool:
     return words[text.lower()]
 
 
+@command
 def main() -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
