@@ -36,6 +36,9 @@ $(STAMP): requirements.txt requirements-nodeps.txt pyproject.toml
 	$(PY) -m pip install --quiet -r requirements.txt
 	$(PY) -m pip install --quiet --no-deps -r requirements-nodeps.txt
 	$(PY) -m pip install --quiet --no-deps --no-build-isolation --editable .
+	@# The labelled sentences the benchmarks and load tests send, from PyPI like the packages above: after
+	@# setup, no target that runs against the server downloads anything.
+	[ -f $(VADER) ] || $(PY) -m pip download --quiet --no-binary :all: --no-deps vaderSentiment==3.3.2 -d data
 	touch $@
 
 setup: $(STAMP) ## create .venv with the pinned dependencies and this project's package

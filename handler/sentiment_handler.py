@@ -69,7 +69,7 @@ class SentimentHandler:
                 context.set_response_status(reply.status, HTTPStatus(reply.status).phrase, idx=idx)
             for name, value in reply.headers.items():
                 context.set_response_header(idx, name, value)
-            bodies.append(json.dumps(reply.body))
+            bodies.append(json.dumps(reply.body) + "\n")  # a line of its own, as curl users expect
         return bodies
 
 

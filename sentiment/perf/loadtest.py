@@ -18,6 +18,7 @@ import asyncio
 import http.client
 import json
 import logging
+import math
 import os
 import threading
 import time
@@ -117,7 +118,8 @@ def closed_loop(url, headers, sentences, concurrency: int, seconds: float, texts
     statuses: list[int] = []
     lock = threading.Lock()
     deadline = time.monotonic() + seconds
-    progress = tqdm(total=None, desc=f"closed loop, {concurrency} clients", unit="req", leave=False)
+    # disable=None: a bar on a terminal, nothing in a log file or CI output.
+    progress = tqdm(total=None, desc=f"closed loop, {concurrency} clients", unit="req", leave=False, disable=None)
 
     def client_loop(offset: int) -> None:
         client = Client(url, headers)
@@ -155,7 +157,7 @@ def open_loop(url, headers, sentences, rate: float, seconds: float, max_in_fligh
     parts = urlsplit(url)
     requests_bytes = [_http_request(parts, headers, text) for text in sentences]
     total = int(rate * seconds)
-    progress = tqdm(total=total, desc=f"open loop, {rate:g} req/s", unit="req", leave=False)
+    progress = tqdm(total=total, desc=f"open loop, {rate:g} req/s", unit="req", leave=False, disable=None)
     cpu_before = cpu_time()
     address = (parts.hostname, parts.port)
     latencies, statuses, wall = event_loop_runner()(
@@ -272,10 +274,15 @@ def print_table(results: list[LevelResult]) -> None:
     lines = [header]
     for r in results:
         lines.append(
-            f"{r.mode:8s} {r.level:6.0f} {r.throughput:7.1f} {r.p50_ms:7.1f} {r.p95_ms:7.1f} "
-            f"{r.p99_ms:7.1f} {r.errors:6d} {r.rejected:6d} {r.rejected_p50_ms:7.1f} {r.generator_cpu_share:7.1%}"
+            f"{r.mode:8s} {r.level:6.0f} {r.throughput:7.1f} {_ms(r.p50_ms)} {_ms(r.p95_ms)} "
+            f"{_ms(r.p99_ms)} {r.errors:6d} {r.rejected:6d} {_ms(r.rejected_p50_ms)} {r.generator_cpu_share:7.1%}"
         )
     log.info("\n%s", "\n".join(lines))
+
+
+def _ms(value: float) -> str:
+    """A latency column: "-" where no request of that kind happened (no 503s: no 503 latency)."""
+    return f"{value:7.1f}" if math.isfinite(value) else f"{'-':>7s}"
 
 
 def recovery_seconds(url, headers, sentence: str, normal_ms: float, timeout: float = 30.0) -> float:
@@ -349,7 +356,17 @@ def main() -> None:
             "rejected_p50_ms": over.rejected_p50_ms,
             "recovery_seconds": recovery,
         }
-        log.info("overload at %.0f req/s: %s", over.level, report["overload"])
+        summary = report["overload"]
+        log.info(
+            "overload at %.0f req/s offered: %.0f%% shed with 503 (their p50 %s ms); accepted p99 %s ms against "
+            "%s ms at capacity; back to normal after %s s",
+            over.level,
+            100 * summary["rejected_share"],
+            _ms(summary["rejected_p50_ms"]).strip(),
+            _ms(summary["accepted_p99_ms"]).strip(),
+            _ms(summary["p99_at_capacity_ms"]).strip(),
+            summary["recovery_seconds"],
+        )
     print_table(results)
     args.out.mkdir(parents=True, exist_ok=True)
     report["results"] = [asdict(r) for r in results]

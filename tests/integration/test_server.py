@@ -213,6 +213,17 @@ def test_scaling_to_two_workers_and_back(server):
         server.scale(default)
 
 
+def test_scaling_to_no_workers_needs_to_be_asked_for(server):
+    from sentiment.ops.management import ManagementError
+
+    before = server.workers()
+    with pytest.raises(ManagementError, match="0 workers would leave sentiment unable to answer"):
+        server.scale(0)
+    with pytest.raises(ManagementError, match="give at least 1"):
+        server.scale(-1)
+    assert len(server.workers()) == len(before)
+
+
 def test_model_control_api_is_off(server):
     response = requests.delete(
         f"{server.url('management')}/models/sentiment", headers=server.auth_header("management"), timeout=10

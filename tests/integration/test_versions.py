@@ -5,6 +5,7 @@ The model API (registering) is on only for this test's own server, never by defa
 
 from __future__ import annotations
 
+import re
 import shutil
 
 import pytest
@@ -61,9 +62,15 @@ def test_a_second_version_takes_traffic_by_path_then_as_default_and_rolls_back(v
 
     management.set_default("sentiment", "1.0")  # the rollback
     assert predict(server, "sentiment") == v1
-    with pytest.raises(ManagementError):
-        management.unregister("sentiment", "1.0")  # TorchServe keeps the default version
+    refusal = re.escape("default version, which is never removed: `set-default 2.0` first")
+    with pytest.raises(ManagementError, match=refusal):
+        management.unregister("sentiment", "1.0")
     management.unregister("sentiment", "2.0")
+    # The only version left: removing it would remove the model (TorchServe would, and answer 200).
+    with pytest.raises(ManagementError, match="it is the only version"):
+        management.unregister("sentiment", "1.0")
+    with pytest.raises(ManagementError, match=re.escape("has no version '3.0': it has 1.0")):
+        management.unregister("sentiment", "3.0")
     gone = requests.post(
         f"{server.url('inference')}/predictions/sentiment/2.0",
         json={"text": TEXT},
