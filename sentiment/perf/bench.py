@@ -11,7 +11,7 @@
                                                                                         # `make bench`
 
 Prints throughput, idle single-request latency and worker memory, the ratios b/c, b/a and d/a, and
-writes reports/bench.json and reports/bench.md (the table the README shows). The load comes from
+writes reports/bench.json and reports/bench.md. The load comes from
 wrk where it is installed (it costs the machine far less CPU than Python clients), else from
 Python threads; each row says which, and how much of the machine it used. A served row's texts/s is
 the server's steady rate: the requests TorchServe received during the middle `--seconds` of a load

