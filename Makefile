@@ -160,7 +160,7 @@ scale: $(STAMP) ## set the number of workers: make scale WORKERS=2 [MODEL=sentim
 status: $(STAMP) ## show the workers of the running model [MODEL=sentiment]
 	$(BIN)/sentiment-server status $(if $(MODEL),--model $(MODEL))
 
-test: $(STAMP) ## unit tests, then integration tests against a real TorchServe
+test: $(STAMP) ## every test: unit tests on a tiny random BERT and integration tests against a real TorchServe (about 5 minutes)
 	$(PY) -m pytest
 
 test-unit: $(STAMP) ## the fast tests only (tiny random BERT, no server)
