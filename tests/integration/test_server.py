@@ -135,6 +135,25 @@ def test_every_form_lists_the_windows_when_asked(server):
     assert refused.status_code == 400 and 'unknown field "window"' in refused.json()["error"]
 
 
+def test_every_form_reads_only_the_first_window_when_asked_to_truncate(server):
+    review = long_review(1500)
+    expected = SentimentClassifier(ModelConfig.from_file(DEFAULT_CONFIG)).load().predict([review], truncate=True)[0]
+    expected = expected.to_dict()
+    assert expected["truncated"] is True
+    answers = [
+        post_json(server, {"text": review, "truncate": True}).json(),
+        post_json(server, {"texts": [review], "truncate": True}).json()["predictions"][0],
+        post_json(server, {"instances": [review], "truncate": True}).json()["predictions"][0],
+    ]
+    assert answers == [expected] * 3
+    tensor = {"name": "t", "datatype": "BYTES", "shape": [1], "data": [review]}
+    outputs = {
+        o["name"]: o["data"]
+        for o in post_json(server, {"inputs": [tensor], "parameters": {"truncate": True}}).json()["outputs"]
+    }
+    assert outputs["truncated"] == [True] and outputs["sentiment"] == [expected["sentiment"]]
+
+
 def test_answers_carry_timing_headers_and_the_queue_time_from_x_request_start(server):
     headers = {"Content-Type": "application/json", **server.auth_header("inference")}
     url = f"{server.url('inference')}/predictions/sentiment"
