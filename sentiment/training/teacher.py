@@ -258,6 +258,80 @@ def export_served_model(output: Path = LARGE_MODEL_DIR, max_sequence_len: int = 
     return config
 
 
+def calibration_folds(folds: int = 5, seed: int = 1234) -> list[list[Example]]:
+    """The teacher's held-out development reviews (its early stopping and temperature), split into folds by review."""
+    from sentiment.training.crossval import folds_by_review
+
+    _, held_out = domain_splits(TrainingRecipe(seed=seed, holdout_drug_reviews=0, domain_rehearsal=0))
+    return folds_by_review(held_out, folds, seed)
+
+
+def calibrate_with_biases(folder: Path = LARGE_MODEL_DIR, folds: int = 5, seed: int = 1234) -> dict:
+    """docs/model-protocol.md, trial 1: the exported model as served, its temperature alone (A) against temperature
+    and class biases (B), each fitted on four folds of its held-out development reviews and scored on the fifth.
+    If B passes the trial's rule, B fitted on all of them is folded into the head. Returns the comparison."""
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    from sentiment.serving.classifier import SentimentClassifier
+    from sentiment.training.train import fit_temperature_and_biases
+
+    served = SentimentClassifier(ModelConfig.from_file(folder / "config.json")).load()
+    groups = calibration_folds(folds, seed)
+    everything = [e for group in groups for e in group]
+    # A copy outside inference mode: the fits take gradients through these logits.
+    logits = served.logits(served.encode([e.text for e in everything])).clone()
+    labels = torch.tensor(label_indices(everything, served.config.class_names))
+    fold_of = torch.tensor([k for k, group in enumerate(groups) for _ in group])
+    out_of_fold = {"A": torch.empty_like(logits), "B": torch.empty_like(logits)}
+    for k in range(folds):
+        train, test = fold_of != k, fold_of == k
+        for name, biases in (("A", False), ("B", True)):
+            temperature, bias = fit_temperature_and_biases(logits[train], labels[train], biases)
+            out_of_fold[name][test] = torch.log_softmax(logits[test] / temperature + bias, dim=-1)
+    scores = {
+        name: {
+            key: evaluate_split(log_probabilities, labels.tolist(), 1.0, served.config.class_names)[key]
+            for key in ("accuracy", "macro_f1", "ece", "nll")
+        }
+        for name, log_probabilities in out_of_fold.items()
+    }
+    passes = scores["B"]["ece"] <= 0.05 and scores["B"]["macro_f1"] >= scores["A"]["macro_f1"] - 0.01
+    temperature, biases = fit_temperature_and_biases(logits, labels, True)
+    report = {
+        "sentences": len(everything),
+        "folds": folds,
+        "out_of_fold": scores,
+        "passes": passes,
+        "fitted_on_all": {"temperature": temperature, "class_biases": biases.tolist()},
+    }
+    log.info(
+        "out of fold on %d held-out development sentences: A (temperature) %s; B (temperature and biases) %s; "
+        "B %s the rule",
+        len(everything),
+        _scores(scores["A"]),
+        _scores(scores["B"]),
+        "passes" if passes else "fails",
+    )
+    if passes:
+        head_path = folder / "head.safetensors"
+        with safe_open(str(head_path), framework="pt") as weights:
+            head = {name: weights.get_tensor(name) for name in weights.keys()}  # noqa: SIM118 - safe_open has no iter
+            metadata = dict(weights.metadata())
+        # softmax(logits / T + b) is softmax((logits + T b) / T): the biases join the classifier layer's own.
+        head["classifier.bias"] = head["classifier.bias"] + temperature * biases
+        metadata |= weights_metadata(SENTIMENTS, temperature, teacher=BACKBONE)
+        metadata["class_biases"] = json.dumps(dict(zip(SENTIMENTS, biases.tolist(), strict=True)))
+        save_file(head, str(head_path), metadata=metadata)
+        log.info("folded temperature %.3f and biases %s into %s", temperature, biases.tolist(), head_path)
+    (folder / "calibration.json").write_text(json.dumps(report, indent=2) + "\n")
+    return report
+
+
+def _scores(s: dict) -> str:
+    return f"accuracy {s['accuracy']:.3f} macro-F1 {s['macro_f1']:.3f} ECE {s['ece']:.3f} NLL {s['nll']:.3f}"
+
+
 @command
 def main() -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
@@ -275,9 +349,18 @@ def main() -> None:
         metavar="DIR",
         help=f"write the teacher trained before as a servable model folder (make large: {LARGE_MODEL_DIR.name})",
     )
+    parser.add_argument(
+        "--calibrate",
+        type=Path,
+        metavar="DIR",
+        help="after --export: fit class biases with the temperature if they pass docs/model-protocol.md's trial 1",
+    )
     args = parser.parse_args()
     if args.export:
         export_served_model(args.export)
+    if args.calibrate:
+        calibrate_with_biases(args.calibrate)
+    if args.export or args.calibrate:
         return
     recipe = TeacherRecipe(**{name: getattr(args, name) for name in asdict(TeacherRecipe())})
     teach(recipe, ModelConfig.from_file(args.config), args.output, args.rescore)
