@@ -146,3 +146,37 @@ def test_exporting_without_a_trained_teacher_says_how_to_train_one(tmp_path, mon
     monkeypatch.setattr(teacher, "WEIGHTS", tmp_path / "teacher.safetensors")
     with pytest.raises(FileNotFoundError, match="run `make teacher` first"):
         teacher.export_served_model(tmp_path / "large")
+
+
+@pytest.mark.parametrize("labels", ["as rated", "all neutral"])
+def test_large_model_class_biases_are_folded_in_only_when_they_pass_the_trial_rule(
+    tmp_path, tiny_bert_dir, monkeypatch, labels
+):
+    """docs/model-protocol.md, trial 1: A (temperature) against B (temperature and biases), out of fold; the head
+    changes exactly when B's out-of-fold ECE is at most 0.05 and its macro-F1 no more than a point below A's.
+    With every sentence neutral, a bias is all it takes: B passes there."""
+    from dataclasses import replace
+
+    from safetensors import safe_open
+
+    from sentiment.training import teacher
+    from sentiment.training.crossval import folds_by_review
+    from tests.test_train import _toy_reviews
+    from tests.tiny_models import write_model_dir
+
+    folder = write_model_dir(tmp_path / "large", tiny_bert_dir, PRECISION="fp32")
+    reviews = _toy_reviews(10)
+    if labels == "all neutral":
+        reviews = [replace(e, label="neutral", score=0.0) for e in reviews]
+    monkeypatch.setattr(teacher, "calibration_folds", lambda folds, seed: folds_by_review(reviews, folds, seed))
+    with safe_open(str(folder / "head.safetensors"), "pt") as weights:
+        before = weights.get_tensor("classifier.bias")
+    report = teacher.calibrate_with_biases(folder, folds=5)
+    a, b = report["out_of_fold"]["A"], report["out_of_fold"]["B"]
+    assert report["passes"] == (b["ece"] <= 0.05 and b["macro_f1"] >= a["macro_f1"] - 0.01)
+    with safe_open(str(folder / "head.safetensors"), "pt") as weights:
+        after = weights.get_tensor("classifier.bias")
+    assert (not torch.equal(before, after)) == report["passes"]
+    assert (folder / "calibration.json").is_file()
+    if labels == "all neutral":
+        assert report["passes"]
