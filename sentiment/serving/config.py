@@ -108,8 +108,8 @@ class ModelConfig:
     max_handle_tokens: int = _setting(
         8192,
         "the most tokens (counted by the tokenizer: every window, explanation variants included) one TorchServe "
-        "batch may put through the model. Each worker lowers it at start to what it measured it can run in a quarter of "
-        "`responseTimeout`; requests beyond the batch's budget get 503 with `Retry-After`, a request larger "
+        "batch may put through the model. Each worker lowers it at start to what it measured it can run in a "
+        "quarter of `responseTimeout`; requests beyond the batch's budget get 503 with `Retry-After`, a request larger "
         "than the budget alone gets 413. At least `MAX_BATCH_TEXTS` x `MAX_SEQUENCE_LEN`",
         allowed="`>= MAX_BATCH_TEXTS x MAX_SEQUENCE_LEN`",
     )
