@@ -274,7 +274,7 @@ def calibrate_with_biases(folder: Path = LARGE_MODEL_DIR, folds: int = 5, seed: 
     from safetensors.torch import save_file
 
     from sentiment.serving.classifier import SentimentClassifier
-    from sentiment.training.train import fit_temperature_and_biases
+    from sentiment.training.train import fit_temperature_and_biases, folded_bias
 
     served = SentimentClassifier(ModelConfig.from_file(folder / "config.json")).load()
     groups = calibration_folds(folds, seed)
@@ -318,8 +318,7 @@ def calibrate_with_biases(folder: Path = LARGE_MODEL_DIR, folds: int = 5, seed: 
         with safe_open(str(head_path), framework="pt") as weights:
             head = {name: weights.get_tensor(name) for name in weights.keys()}  # noqa: SIM118 - safe_open has no iter
             metadata = dict(weights.metadata())
-        # softmax(logits / T + b) is softmax((logits + T b) / T): the biases join the classifier layer's own.
-        head["classifier.bias"] = head["classifier.bias"] + temperature * biases
+        head["classifier.bias"] = folded_bias(head["classifier.bias"], temperature, biases)
         metadata |= weights_metadata(SENTIMENTS, temperature, teacher=BACKBONE)
         metadata["class_biases"] = json.dumps(dict(zip(SENTIMENTS, biases.tolist(), strict=True)))
         save_file(head, str(head_path), metadata=metadata)

@@ -236,6 +236,12 @@ def fit_temperature_and_biases(
     return float(log_t.detach().exp()), biases.detach()
 
 
+def folded_bias(bias: torch.Tensor, temperature: float, biases: torch.Tensor) -> torch.Tensor:
+    """The classifier layer's bias with class biases folded in: softmax(logits / T + b) is
+    softmax((logits + T b) / T), so the server needs nothing but the layer and the temperature."""
+    return bias + temperature * biases
+
+
 def evaluate_split(logits: torch.Tensor, labels: list[int], temperature: float, class_names: tuple[str, ...]) -> dict:
     probabilities = torch.softmax(logits / temperature, dim=-1)
     report = classification_report(labels, probabilities.argmax(-1).tolist(), class_names)
@@ -436,8 +442,7 @@ def calibrate(
     temperature, biases = fit_temperature_and_biases(
         logits[rated], torch.tensor([labels[i] for i in rated]), class_biases
     )
-    # softmax(logits / T + b) is softmax((logits + T b) / T): the biases join the classifier layer's own.
-    state["classifier.bias"] = state["classifier.bias"] + temperature * biases
+    state["classifier.bias"] = folded_bias(state["classifier.bias"], temperature, biases)
     model.load_state_dict({"classifier.bias": state["classifier.bias"].to(torch.float16).float()}, strict=False)
     return Calibration(temperature, precision, logits + temperature * biases, biases.tolist())
 

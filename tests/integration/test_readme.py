@@ -21,8 +21,10 @@ SERVER_SHELL = [code for language, code in BLOCKS if language == "bash" and "$UR
 SERVER_PYTHON = [code for language, code in BLOCKS if language == "python" and "SENTIMENT_URL" in code]
 
 
-def environment(server) -> dict[str, str]:
-    return {**os.environ, "SENTIMENT_URL": server.url("inference"), "SENTIMENT_RUN_DIR": str(server.run_dir)}
+def run_as_a_user(server, *argv: str) -> subprocess.CompletedProcess:
+    """Run README code from the project folder with the address and run folder set as the README says."""
+    environment = {**os.environ, "SENTIMENT_URL": server.url("inference"), "SENTIMENT_RUN_DIR": str(server.run_dir)}
+    return subprocess.run(argv, cwd=PROJECT_DIR, env=environment, capture_output=True, text=True, timeout=120)
 
 
 def test_the_readme_has_the_examples_this_test_runs():
@@ -32,14 +34,7 @@ def test_the_readme_has_the_examples_this_test_runs():
 
 @pytest.mark.parametrize("code", SERVER_SHELL, ids=[f"shell-{i}" for i in range(len(SERVER_SHELL))])
 def test_every_curl_block_of_the_readme_answers_as_printed(server, code):
-    result = subprocess.run(
-        ["bash", "-euo", "pipefail", "-c", code],
-        cwd=PROJECT_DIR,
-        env=environment(server),
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    result = run_as_a_user(server, "bash", "-euo", "pipefail", "-c", code)
     assert result.returncode == 0, result.stderr
     answers = [json.loads(line) for line in result.stdout.splitlines() if line.strip()]
     assert len(answers) == code.count("curl ")  # one answer per curl, each on its own line
@@ -50,14 +45,7 @@ def test_every_curl_block_of_the_readme_answers_as_printed(server, code):
 
 
 def test_the_python_client_of_the_readme_answers_as_printed(server):
-    result = subprocess.run(
-        [sys.executable, "-c", SERVER_PYTHON[0]],
-        cwd=PROJECT_DIR,
-        env=environment(server),
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    result = run_as_a_user(server, sys.executable, "-c", SERVER_PYTHON[0])
     assert result.returncode == 0, result.stderr
     lines = result.stdout.splitlines()
     assert [line.split()[0] for line in lines] == ["negative", "positive"]
