@@ -177,6 +177,9 @@ def test_large_model_class_biases_are_folded_in_only_when_they_pass_the_trial_ru
     with safe_open(str(folder / "head.safetensors"), "pt") as weights:
         after = weights.get_tensor("classifier.bias")
     assert (not torch.equal(before, after)) == report["passes"]
+    # The temperature is refitted on the served logits either way.
+    reloaded = SentimentClassifier(ModelConfig.from_file(folder / "config.json")).load()
+    assert reloaded.temperature == pytest.approx(report["fitted_on_all"]["temperature"], abs=1e-5)
     assert (folder / "calibration.json").is_file()
     if labels == "all neutral":
         assert report["passes"]

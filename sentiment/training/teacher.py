@@ -267,9 +267,13 @@ def calibration_folds(folds: int = 5, seed: int = 1234) -> list[list[Example]]:
 
 
 def calibrate_with_biases(folder: Path = LARGE_MODEL_DIR, folds: int = 5, seed: int = 1234) -> dict:
-    """docs/model-protocol.md, trial 1: the exported model as served, its temperature alone (A) against temperature
-    and class biases (B), each fitted on four folds of its held-out development reviews and scored on the fifth.
-    If B passes the trial's rule, B fitted on all of them is folded into the head. Returns the comparison."""
+    """Calibrate the exported model on its logits as served (int8 per token on a CPU), as `make model` calibrates
+    the default: the teacher's own temperature was fitted on fp32 logits.
+
+    docs/model-protocol.md, trial 1: its temperature alone (A) against temperature and class biases (B), each
+    fitted on four folds of its held-out development reviews and scored on the fifth. If B passes the trial's
+    rule, B fitted on all of them is folded into the head; otherwise A fitted on all of them sets the temperature.
+    Returns the comparison."""
     from safetensors import safe_open
     from safetensors.torch import save_file
 
@@ -297,13 +301,13 @@ def calibrate_with_biases(folder: Path = LARGE_MODEL_DIR, folds: int = 5, seed: 
         for name, log_probabilities in out_of_fold.items()
     }
     passes = scores["B"]["ece"] <= 0.05 and scores["B"]["macro_f1"] >= scores["A"]["macro_f1"] - 0.01
-    temperature, biases = fit_temperature_and_biases(logits, labels, True)
+    temperature, biases = fit_temperature_and_biases(logits, labels, passes)
     report = {
         "sentences": len(everything),
         "folds": folds,
         "out_of_fold": scores,
         "passes": passes,
-        "fitted_on_all": {"temperature": temperature, "class_biases": biases.tolist()},
+        "fitted_on_all": {"temperature": temperature, "class_biases": biases.tolist() if passes else None},
     }
     log.info(
         "out of fold on %d held-out development sentences: A (temperature) %s; B (temperature and biases) %s; "
@@ -313,16 +317,22 @@ def calibrate_with_biases(folder: Path = LARGE_MODEL_DIR, folds: int = 5, seed: 
         _scores(scores["B"]),
         "passes" if passes else "fails",
     )
+    head_path = folder / "head.safetensors"
+    with safe_open(str(head_path), framework="pt") as weights:
+        head = {name: weights.get_tensor(name) for name in weights.keys()}  # noqa: SIM118 - safe_open has no iter
+        metadata = dict(weights.metadata())
+    metadata |= weights_metadata(SENTIMENTS, temperature, teacher=BACKBONE, calibrated_on=served.precision)
     if passes:
-        head_path = folder / "head.safetensors"
-        with safe_open(str(head_path), framework="pt") as weights:
-            head = {name: weights.get_tensor(name) for name in weights.keys()}  # noqa: SIM118 - safe_open has no iter
-            metadata = dict(weights.metadata())
         head["classifier.bias"] = folded_bias(head["classifier.bias"], temperature, biases)
-        metadata |= weights_metadata(SENTIMENTS, temperature, teacher=BACKBONE)
         metadata["class_biases"] = json.dumps(dict(zip(SENTIMENTS, biases.tolist(), strict=True)))
-        save_file(head, str(head_path), metadata=metadata)
-        log.info("folded temperature %.3f and biases %s into %s", temperature, biases.tolist(), head_path)
+    save_file(head, str(head_path), metadata=metadata)
+    log.info(
+        "temperature %.3f%s, fitted on %s logits, in %s",
+        temperature,
+        " and class biases" * passes,
+        served.precision,
+        head_path,
+    )
     (folder / "calibration.json").write_text(json.dumps(report, indent=2) + "\n")
     return report
 
