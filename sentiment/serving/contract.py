@@ -37,11 +37,8 @@ ACCEPTED_TYPES = ("application/json", "text/plain")
 EXAMPLE = 'send {"text": "..."} or {"texts": [...]} as application/json, or the text itself as text/plain (UTF-8)'
 # The JSON forms, by the key that marks them.
 FORMS = {"text": "single", "texts": "batch", "instances": "v1", "inputs": "v2"}
-# The options a request may set, and what each means.
-OPTIONS = {
-    "truncate": "read only the first MAX_SEQUENCE_LEN tokens of each text",
-    "windows": "list the windows each text was read in",
-}
+# The options a request may set (the module's docstring says what each means).
+OPTIONS = ("truncate", "windows")
 # The top-level fields of a KServe v2 request besides "inputs" (Open Inference Protocol).
 V2_FIELDS = ("id", "parameters", "outputs")
 
