@@ -134,3 +134,15 @@ def test_a_user_s_mistake_is_one_line_and_exit_2_the_traceback_only_on_request(t
     assert result.stderr.startswith(f"{argv[0]}: ")
     debug = run(str(BIN / argv[0]), *argv[1:], SENTIMENT_DEBUG="1")
     assert "Traceback" in debug.stderr and message in debug.stderr
+
+
+def test_status_shows_each_worker_s_memory_as_the_process_itself_reports_it():
+    """TorchServe 0.12 reports memoryUsage 0; the table reads the resident memory of the worker's process."""
+    from sentiment.ops.cli import status_table
+
+    workers = [{"pid": os.getpid(), "status": "READY", "memoryUsage": 0}, {"status": "STOPPED"}]
+    table = status_table("sentiment", workers)
+    lines = table.splitlines()
+    assert lines[0] == "sentiment: 2 workers"
+    assert int(lines[1].split("READY")[1].split("MiB")[0]) > 10
+    assert "- MiB" in lines[2]

@@ -49,15 +49,24 @@ def plural(count: int, noun: str) -> str:
     return f"{count} {noun}{'' if count == 1 else 's'}"
 
 
+def resident_mib(pid) -> str:
+    """A worker's resident memory, read from the process itself: TorchServe 0.12 reports `memoryUsage` 0."""
+    import psutil
+
+    try:
+        return f"{psutil.Process(int(pid)).memory_info().rss / 2**20:6.0f} MiB"
+    except (psutil.Error, TypeError, ValueError):
+        return f"{'-':>6} MiB"
+
+
 def status_table(model: str, workers: list[dict]) -> str:
     """One line per worker: what an operator looks at (the full JSON is at the management API)."""
     lines = [f"{model}: {plural(len(workers), 'worker')}"]
     for worker in workers:
-        memory = worker.get("memoryUsage") or 0
         gpu = "gpu" if worker.get("gpu") else "cpu"
         lines.append(
-            f"  pid {worker.get('pid', '-'):>7}  {worker.get('status', '?'):9s}  {memory / 2**20:6.0f} MiB  {gpu}  "
-            f"since {worker.get('startTime', '?')}"
+            f"  pid {worker.get('pid', '-'):>7}  {worker.get('status', '?'):9s}  {resident_mib(worker.get('pid'))}  "
+            f"{gpu}  since {worker.get('startTime', '?')}"
         )
     return "\n".join(lines)
 
