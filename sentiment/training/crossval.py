@@ -35,7 +35,7 @@ from sentiment.training.corpora import (
     review_number,
     without_product_texts,
 )
-from sentiment.training.scores import classification_report, expected_calibration_error
+from sentiment.training.scores import probability_report
 from sentiment.training.train import TrainingRecipe, parse_bool, train
 
 log = logging.getLogger(__name__)
@@ -59,12 +59,6 @@ def development_sentences() -> list[Example]:
     return without_product_texts(load_development_products(), RESERVED_PRODUCTS)
 
 
-def score(probabilities: list[list[float]], labels: list[int], class_names) -> dict:
-    report = classification_report(labels, [row.index(max(row)) for row in probabilities], class_names)
-    report["ece"] = expected_calibration_error(probabilities, labels)
-    return report
-
-
 def crossvalidate(recipe: TrainingRecipe, config: ModelConfig, folds: int, work_dir: Path) -> dict:
     """Train the in-domain stage once per fold and pool the held-out folds' predictions as served."""
     if not recipe.general_weights:
@@ -83,7 +77,7 @@ def crossvalidate(recipe: TrainingRecipe, config: ModelConfig, folds: int, work_
         predictions = served.predict([e.text for e in held_out])
         fold_probabilities = [[p.probabilities[name] for name in class_names] for p in predictions]
         fold_labels = [class_names.index(e.label) for e in held_out]
-        fold_score = score(fold_probabilities, fold_labels, class_names)
+        fold_score = probability_report(fold_probabilities, fold_labels, class_names)
         probabilities += fold_probabilities
         labels += fold_labels
         drug_reviews.append(report.get("held_out_drug_reviews"))
@@ -108,7 +102,7 @@ def crossvalidate(recipe: TrainingRecipe, config: ModelConfig, folds: int, work_
             fold_score["macro_f1"],
             fold_score["ece"],
         )
-    pooled = score(probabilities, labels, class_names)
+    pooled = probability_report(probabilities, labels, class_names)
     f1s = [fold["macro_f1"] for fold in per_fold]
     drugs = [d for d in drug_reviews if d]
     return {

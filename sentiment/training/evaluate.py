@@ -39,7 +39,7 @@ from sentiment.training.corpora import (
     load_vader,
     of_products,
 )
-from sentiment.training.scores import calibration_bins, classification_report, expected_calibration_error
+from sentiment.training.scores import calibration_bins, classification_report, probability_report
 
 log = logging.getLogger(__name__)
 BATCH_SIZE = 64
@@ -78,8 +78,7 @@ def score_model(
     started = time.monotonic()
     probabilities = model_probabilities(classifier, texts, truncate)
     seconds = time.monotonic() - started
-    report = classification_report(labels, [p.index(max(p)) for p in probabilities], classifier.config.class_names)
-    report["ece"] = expected_calibration_error(probabilities, labels)
+    report = probability_report(probabilities, labels, classifier.config.class_names)
     report["calibration_bins"] = calibration_bins(probabilities, labels)
     report["texts_per_second"] = len(texts) / seconds
     return report

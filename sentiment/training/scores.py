@@ -60,3 +60,10 @@ def expected_calibration_error(probabilities: list[list[float]], labels: list[in
         for b in calibration_bins(probabilities, labels, n_bins)
         if b["count"]
     )
+
+
+def probability_report(probabilities: list[list[float]], labels: list[int], class_names) -> dict:
+    """`classification_report` of the most probable classes, with the probabilities' ECE."""
+    report = classification_report(labels, [row.index(max(row)) for row in probabilities], class_names)
+    report["ece"] = expected_calibration_error(probabilities, labels)
+    return report
