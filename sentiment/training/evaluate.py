@@ -104,8 +104,9 @@ def long_texts(examples: list[Example], classifiers: dict) -> dict:
     served = next(iter(classifiers.values()))
     class_names = served.config.class_names
     texts = [e.text for e in examples]
-    long = [i for i, encoding in enumerate(served.encode(texts)) if encoding.overflowing]
-    short = [texts[i] for i in range(len(texts)) if i not in set(long)]
+    overflows = [bool(encoding.overflowing) for encoding in served.encode(texts)]
+    long = [i for i, overflowing in enumerate(overflows) if overflowing]
+    short = [text for text, overflowing in zip(texts, overflows, strict=True) if not overflowing]
     identical = sum(
         a == b
         for start in range(0, len(short), BATCH_SIZE)
