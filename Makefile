@@ -24,7 +24,7 @@ export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 export TRANSFORMERS_VERBOSITY := error
 
-.PHONY: help setup data model crossval teacher large eval archive kserve-bundle manifests run base-image image image-test image-kserve stop scale status bench gpu-check loadtest fuzz soak stress test test-unit test-integration docs lint format clean
+.PHONY: help setup data model crossval crossval-distilled teacher teacher-general large eval archive kserve-bundle manifests run base-image image image-test image-kserve stop scale status bench gpu-check loadtest fuzz soak stress test test-unit test-integration docs lint format clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F ':.*## ' '{printf "  make %-17s %s\n", $$1, $$2}'
@@ -75,6 +75,21 @@ crossval: $(STAMP) $(VADER) $(GENERAL) ## cross-validate the training recipe on 
 
 teacher: $(STAMP) $(VADER) $(SENTENCES) $(UNLABELLED) $(TEACHER_PARTS) ## fine-tune the MPNet teacher (about 25 minutes) and write its probabilities for distillation to data/ (ARGS=--rescore)
 	$(BIN)/sentiment-teacher $(ARGS)
+
+# Trial 4 of docs/model-protocol.md: a teacher of general data alone (never development data) labels the transfer
+# texts, and the student's general stage learns them beside its sources; cross-validated like `make crossval`.
+TEACHER_GENERAL := data/teacher-general-probabilities.json.gz
+$(TEACHER_GENERAL): | $(STAMP) $(VADER) $(SENTENCES) $(UNLABELLED) $(TEACHER_PARTS)
+	$(BIN)/sentiment-teacher --general-only --general-examples 10000
+
+GENERAL_DISTILLED := data/general-stage-distilled.safetensors
+$(GENERAL_DISTILLED): $(TEACHER_GENERAL) | $(STAMP) $(VADER)
+	$(BIN)/sentiment-train --domain-epochs 0 --class-biases false --general-teacher-probabilities $(TEACHER_GENERAL) --output $@
+
+teacher-general: $(TEACHER_GENERAL) ## a teacher of general data alone labels the transfer texts (MPNet, about 45 minutes on 2 cores)
+
+crossval-distilled: $(STAMP) $(VADER) $(GENERAL_DISTILLED) ## cross-validate the recipe with the general stage distilled from `make teacher-general` (ARGS=--name NAME ...)
+	$(BIN)/sentiment-crossval --general-weights $(GENERAL_DISTILLED) --general-teacher-probabilities $(TEACHER_GENERAL) $(ARGS)
 
 # The teacher as a second served model (`make run MODELS="sentiment sentiment-large"`); it needs `make teacher` first.
 large: $(STAMP) ## the MPNet teacher as model_store/sentiment-large.mar, calibrated (after make teacher; int8 on CPU, about 6x the default's cost per text)

@@ -183,3 +183,38 @@ def test_large_model_class_biases_are_folded_in_only_when_they_pass_the_trial_ru
     assert (folder / "calibration.json").is_file()
     if labels == "all neutral":
         assert report["passes"]
+
+
+def test_a_general_only_teacher_learns_and_is_calibrated_without_development_data(tmp_path, tiny_bert_dir, monkeypatch):
+    """The teacher the general stage learns from (docs/model-protocol.md, trial 4) must never see development
+    data: the five folds share that stage, so anything it learnt from a held-out fold would leak."""
+    from transformers import AutoModel, AutoTokenizer
+
+    from sentiment.training.corpora import Example
+
+    general = [Example(text, label, "toy") for text, label in [("good great", "positive"), ("bad awful", "negative")]]
+    validation = [Example("plain words", "neutral", "toy"), Example("great", "positive", "toy")]
+    monkeypatch.setattr(teacher, "load_splits", lambda recipe: (general * 4, validation, []))
+
+    def development_read(*args, **kwargs):
+        raise AssertionError("the general-only teacher read development data")
+
+    monkeypatch.setattr(teacher, "domain_splits", development_read)
+    monkeypatch.setattr(corpora, "load_development_products", development_read)
+    model = mean_pooling_encoder_classifier(AutoModel.from_pretrained(tiny_bert_dir), corpora.SENTIMENTS)
+    config = ModelConfig.from_file(DEFAULT_CONFIG)
+    recipe = teacher.TeacherRecipe(general_only=True, general_examples=6, batch_size=2)
+
+    trained = teacher.train_teacher(model, AutoTokenizer.from_pretrained(tiny_bert_dir), recipe, config)
+
+    assert trained["recipe"]["general_only"] is True  # what the student checks before it learns from it
+    assert trained["domain_training_texts"] == [] and "domain_validation" not in trained
+    assert trained["general_validation"]["accuracy"] >= 0 and trained["temperature"] > 0
+    assert recipe.weights == teacher.GENERAL_WEIGHTS != teacher.WEIGHTS  # the development teacher's file is kept
+
+
+def test_rescoring_without_a_general_only_teacher_names_its_own_command(tmp_path, monkeypatch):
+    monkeypatch.setattr(teacher, "GENERAL_WEIGHTS", tmp_path / "teacher-general.safetensors")
+    recipe = teacher.TeacherRecipe(general_only=True)
+    with pytest.raises(FileNotFoundError, match="run `make teacher-general` first"):
+        teacher.teach(recipe, ModelConfig.from_file(DEFAULT_CONFIG), tmp_path / "p.json.gz", rescore=True)

@@ -213,9 +213,10 @@ def test_loading_general_weights_without_an_in_domain_stage_is_refused(tmp_path,
         train(recipe, config, model_dir / "head.safetensors")
 
 
-def _write_teacher(path, probabilities: dict, class_order=("negative", "neutral", "positive")):
+def _write_teacher(path, probabilities: dict, class_order=("negative", "neutral", "positive"), general_only=False):
     with gzip.open(path, "wt", encoding="utf-8") as f:
-        json.dump({"class_order": list(class_order), "probabilities": probabilities}, f)
+        report = {"class_order": list(class_order), "probabilities": probabilities}
+        json.dump(report | {"recipe": {"general_only": general_only}}, f)
     return path
 
 
@@ -318,3 +319,32 @@ def test_a_rated_sentence_the_teacher_scored_learns_a_blend_of_both():
     assert blended.target == pytest.approx([0.75 * b + 0.25 * t for b, t in zip(bands, (0.2, 0.8, 0.0), strict=True)])
     assert with_teacher(rated, None, recipe) is rated  # not scored: its ratings alone
     assert with_teacher(rated, (0.2, 0.8, 0.0), toy_recipe(teacher_weight=0.0)) is rated
+
+
+def test_the_general_stage_learns_a_general_only_teachers_texts_it_does_not_already_have(tmp_path, tiny_bert_dir):
+    model_dir = write_model_dir(tmp_path / "m", tiny_bert_dir)
+    config = ModelConfig.from_file(model_dir / "config.json")
+    corpus = [Example(text, label, "toy") for text, label in TOY * 20]
+    taught = {"works as promised": [0.1, 0.2, 0.7], "the box was grey": [0.2, 0.7, 0.1], TOY[0][0]: [0.9, 0.05, 0.05]}
+    teacher = _write_teacher(tmp_path / "t.json.gz", taught, general_only=True)
+    # As `make crossval` trains its general stage: no in-domain stage, the temperature alone.
+    recipe = toy_recipe(epochs=1, batch_size=8, validation_fraction=0.25, domain_epochs=0, class_biases=False)
+
+    plain = train(recipe, config, tmp_path / "plain.safetensors", corpus)
+    taught_report = train(
+        replace(recipe, general_teacher_probabilities=str(teacher)), config, tmp_path / "taught.safetensors", corpus
+    )
+
+    # The two new texts join training; the one the corpus already labels keeps its label alone.
+    assert taught_report["train_examples"] == plain["train_examples"] + 2
+    assert taught_report["validation_examples"] == plain["validation_examples"]
+
+
+def test_the_general_stage_refuses_a_teacher_that_saw_development_data(tmp_path, tiny_bert_dir):
+    model_dir = write_model_dir(tmp_path / "m", tiny_bert_dir)
+    config = ModelConfig.from_file(model_dir / "config.json")
+    teacher = _write_teacher(tmp_path / "t.json.gz", {"works": [0.1, 0.2, 0.7]}, general_only=False)
+    recipe = toy_recipe(epochs=1, domain_epochs=0, general_teacher_probabilities=str(teacher))
+    corpus = [Example(text, label, "toy") for text, label in TOY * 20]
+    with pytest.raises(ValueError, match="trained on development data; use `sentiment-teacher --general-only`"):
+        train(recipe, config, tmp_path / "w.safetensors", corpus)

@@ -11,6 +11,13 @@ behind is its calibrated probabilities for the texts a student can distil from
 (`data/teacher-probabilities.json.gz`, 1 MB; `sentiment-train --teacher-probabilities` reads it). The
 default model does not use it: on the development data, distilling did not pass the rule that picks the
 recipe (docs/recipe-selection.md, docs/model-card.md). Its weights stay in data/ (438 MB).
+
+    sentiment-teacher --general-only [--general-examples 10000]
+
+trains a teacher on general data alone, never on development data, so that the student's general stage
+can learn from it and still be cross-validated honestly (docs/model-protocol.md, trial 4): its
+probabilities go to `data/teacher-general-probabilities.json.gz` (`sentiment-train
+--general-teacher-probabilities`), its weights to `data/teacher-general.safetensors`.
 """
 
 from __future__ import annotations
@@ -51,6 +58,7 @@ from sentiment.training.train import (
     fit_temperature,
     label_indices,
     load_splits,
+    parse_bool,
     predict_logits,
 )
 
@@ -64,6 +72,9 @@ PROBABILITIES = project.DATA_DIR / "teacher-probabilities.json.gz"  # --teacher-
 LARGE_MODEL_DIR = project.PROJECT_DIR / "models" / project.LARGE_MODEL
 LARGE_MAX_BATCH_TEXTS = 16
 WEIGHTS = project.DATA_DIR / "teacher.safetensors"  # 438 MB in fp32: kept out of the repository
+# The teacher of general data alone (--general-only): what the student's general stage may learn from.
+GENERAL_PROBABILITIES = project.DATA_DIR / "teacher-general-probabilities.json.gz"
+GENERAL_WEIGHTS = project.DATA_DIR / "teacher-general.safetensors"
 
 
 @dataclass
@@ -75,6 +86,13 @@ class TeacherRecipe:
     batch_size: int = 16
     unlabelled_sentences: int = 20000  # sampled from nlp-corpus for the teacher to label
     seed: int = 1234
+    # Train on the general sample alone and calibrate on the general validation split: a teacher that never saw
+    # development data, whose probabilities the student's general stage can learn without leaking the folds.
+    general_only: bool = False
+
+    @property
+    def weights(self) -> Path:
+        return GENERAL_WEIGHTS if self.general_only else WEIGHTS
 
 
 def unpack_backbone(data_dir: Path = project.DATA_DIR) -> Path:
@@ -119,37 +137,47 @@ def probabilities_of(model, tokenizer, texts: list[str], max_len: int, temperatu
 
 
 def train_teacher(model, tokenizer, recipe: TeacherRecipe, config: ModelConfig) -> dict:
-    """Fine-tune `model` in place: a sample of the general corpus, then the development products; calibrate it on
-    the held-out development reviews. Returns what the run measured."""
-    # The student's recipe for what the stages share (weight decay, warmup, label smoothing, splits).
-    # The teacher was fitted before the student held drug reviews out and rehearsed them; it keeps its data.
-    student = TrainingRecipe(seed=recipe.seed, holdout_drug_reviews=0, domain_rehearsal=0)
-    general_train, _, _ = load_splits(student)
+    """Fine-tune `model` in place: a sample of the general corpus, then (unless `recipe.general_only`) the
+    development products; calibrate it on held-out data of the last stage. Returns what the run measured."""
+    if recipe.general_only:
+        # The student's own splits, its drug reviews held out as it holds them: the teacher sees nothing the
+        # student's general stage does not, and no development data at all.
+        student = TrainingRecipe(seed=recipe.seed)
+        general_train, validation, _ = load_splits(student)
+        domain_train = []
+    else:
+        # The teacher was fitted before the student held drug reviews out and rehearsed them; it keeps its data.
+        student = TrainingRecipe(seed=recipe.seed, holdout_drug_reviews=0, domain_rehearsal=0)
+        general_train, _, _ = load_splits(student)
+        domain_train, validation = domain_splits(student)
     general_train = random.Random(recipe.seed).sample(general_train, min(recipe.general_examples, len(general_train)))
-    domain_train, domain_validation = domain_splits(student)
     general = Stage("teacher general", 1, recipe.general_learning_rate, recipe.batch_size, False, False)
     domain = Stage("teacher domain", recipe.domain_epochs, recipe.domain_learning_rate, recipe.batch_size, True, False)
-    tuned = fine_tune(model, tokenizer, student, general, config, general_train, domain_validation)
+    tuned = fine_tune(model, tokenizer, student, general, config, general_train, validation)
     model.load_state_dict(tuned.state, strict=False)
-    tuned = fine_tune(model, tokenizer, student, domain, config, domain_train, domain_validation)
-    model.load_state_dict(tuned.state, strict=False)
+    if domain_train:
+        tuned = fine_tune(model, tokenizer, student, domain, config, domain_train, validation)
+        model.load_state_dict(tuned.state, strict=False)
 
-    logits = predict_logits(model, tokenizer, [e.text for e in domain_validation], config.max_sequence_len)
-    labels = label_indices(domain_validation, SENTIMENTS)
+    logits = predict_logits(model, tokenizer, [e.text for e in validation], config.max_sequence_len)
+    labels = label_indices(validation, SENTIMENTS)
     temperature = fit_temperature(logits, torch.tensor(labels))
-    validation = evaluate_split(logits, labels, temperature, SENTIMENTS)
+    validation_report = evaluate_split(logits, labels, temperature, SENTIMENTS)
     log.info(
-        "teacher on the development validation reviews: accuracy %.4f macro-F1 %.4f ECE %.4f (temperature %.3f)",
-        validation["accuracy"],
-        validation["macro_f1"],
-        validation["ece"],
+        "teacher on the %s validation split: accuracy %.4f macro-F1 %.4f ECE %.4f (temperature %.3f)",
+        "general" if recipe.general_only else "development",
+        validation_report["accuracy"],
+        validation_report["macro_f1"],
+        validation_report["ece"],
         temperature,
     )
     return {
         "recipe": asdict(recipe),
         "temperature": temperature,
-        "domain_validation": {k: validation[k] for k in ("accuracy", "macro_f1", "ece", "nll", "per_class")},
-        "domain_history": tuned.history,
+        ("general_validation" if recipe.general_only else "domain_validation"): {
+            k: validation_report[k] for k in ("accuracy", "macro_f1", "ece", "nll", "per_class")
+        },
+        ("general_history" if recipe.general_only else "domain_history"): tuned.history,
         "domain_training_texts": [e.text for e in domain_train],
     }
 
@@ -161,21 +189,22 @@ def teach(recipe: TeacherRecipe, config: ModelConfig, output: Path = PROBABILITI
 
     if tuple(config.class_names) != SENTIMENTS:
         raise ValueError(f"the teacher learns {list(SENTIMENTS)}; CLASS_NAMES are {list(config.class_names)}")
-    if rescore and not WEIGHTS.is_file():
-        raise FileNotFoundError(f"--rescore needs the teacher trained before, {WEIGHTS}: run `make teacher` first")
+    if rescore and not recipe.weights.is_file():
+        how = "make teacher-general" if recipe.general_only else "make teacher"
+        raise FileNotFoundError(f"--rescore needs the teacher trained before, {recipe.weights}: run `{how}` first")
     started = time.monotonic()
     torch.manual_seed(recipe.seed)
     folder = unpack_backbone()
     tokenizer = AutoTokenizer.from_pretrained(folder)
     model = mean_pooling_encoder_classifier(AutoModel.from_pretrained(folder), SENTIMENTS)
     if rescore:
-        trained = _load_trained(model)
-        log.info("loaded the teacher trained before from %s", WEIGHTS)
+        trained = _load_trained(model, recipe.weights)
+        log.info("loaded the teacher trained before from %s", recipe.weights)
     else:
         trained = train_teacher(model, tokenizer, recipe, config)
         trained["minutes"] = round((time.monotonic() - started) / 60, 1)
         state = {name: t.contiguous() for name, t in model.state_dict().items()}
-        save_file(state, str(WEIGHTS), metadata={"training": json.dumps(trained)})
+        save_file(state, str(recipe.weights), metadata={"training": json.dumps(trained)})
     texts = trained["domain_training_texts"] + distillation_texts(recipe)
     log.info("teacher labels %d texts", len(texts))
     labelling_started = time.monotonic()
@@ -195,11 +224,11 @@ def teach(recipe: TeacherRecipe, config: ModelConfig, output: Path = PROBABILITI
     return report
 
 
-def _load_trained(model) -> dict:
-    """The teacher trained before (WEIGHTS) into `model`; returns what its training recorded."""
+def _load_trained(model, path: Path = WEIGHTS) -> dict:
+    """The teacher trained before (WEIGHTS unless told) into `model`; returns what its training recorded."""
     from safetensors import safe_open
 
-    with safe_open(str(WEIGHTS), framework="pt") as weights:
+    with safe_open(str(path), framework="pt") as weights:
         names = weights.keys()
         model.load_state_dict({name: weights.get_tensor(name) for name in names})
         return json.loads(weights.metadata()["training"])
@@ -346,12 +375,14 @@ def main() -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config", type=Path, default=DEFAULT_CONFIG, help="class names and token limit come from it")
-    parser.add_argument("--output", type=Path, default=PROBABILITIES)
+    parser.add_argument("--output", type=Path, help=f"{PROBABILITIES} ({GENERAL_PROBABILITIES} with --general-only)")
     parser.add_argument(
         "--rescore", action="store_true", help=f"label the texts with the teacher trained before ({WEIGHTS.name})"
     )
     for name, value in asdict(TeacherRecipe()).items():
-        parser.add_argument(f"--{name.replace('_', '-')}", type=type(value), default=value)
+        parse = parse_bool if isinstance(value, bool) else type(value)
+        flag = {"nargs": "?", "const": True} if isinstance(value, bool) else {}
+        parser.add_argument(f"--{name.replace('_', '-')}", type=parse, default=value, **flag)
     parser.add_argument(
         "--export",
         type=Path,
@@ -372,7 +403,8 @@ def main() -> None:
     if args.export or args.calibrate:
         return
     recipe = TeacherRecipe(**{name: getattr(args, name) for name in asdict(TeacherRecipe())})
-    teach(recipe, ModelConfig.from_file(args.config), args.output, args.rescore)
+    output = args.output or (GENERAL_PROBABILITIES if recipe.general_only else PROBABILITIES)
+    teach(recipe, ModelConfig.from_file(args.config), output, args.rescore)
 
 
 if __name__ == "__main__":

@@ -87,6 +87,9 @@ class TrainingRecipe:
     domain_soft_labels: bool = True  # learn each sentence's chance of landing in each band, from its 20 ratings
     # Start the in-domain stage from these weights (a general stage's output) instead of training the general stage.
     general_weights: str = ""
+    # A teacher's probabilities (`sentiment-teacher --general-only`, which never saw development data) for texts the
+    # general stage learns beside its sources, the teacher's probabilities as their target; "" leaves them out.
+    general_teacher_probabilities: str = ""
     # The teacher's probabilities (`make teacher`) for review sentences that lack three-class labels, learnt in the
     # in-domain stage beside the development products; "" leaves them out.
     teacher_probabilities: str = ""
@@ -546,13 +549,30 @@ def distilled(text: str, target: tuple[float, ...]) -> Example:
     return Example(text, SENTIMENTS[target.index(max(target))], "teacher", target=target)
 
 
-def load_teacher_targets(path: Path) -> dict[str, tuple[float, ...]]:
-    """The teacher's probabilities by text, in SENTIMENTS order (`sentiment-teacher` writes them)."""
+def load_teacher_targets(path: Path, general_only: bool = False) -> dict[str, tuple[float, ...]]:
+    """The teacher's probabilities by text, in SENTIMENTS order (`sentiment-teacher` writes them); with
+    `general_only`, refused unless that teacher never saw development data."""
     with gzip.open(path, "rt", encoding="utf-8") as f:
         report = json.load(f)
     if report["class_order"] != list(SENTIMENTS):
         raise ValueError(f"{path.name} is in class order {report['class_order']}, expected {list(SENTIMENTS)}")
+    if general_only and not report.get("recipe", {}).get("general_only"):
+        # Its probabilities would carry what it learnt from the development sentences into a stage that
+        # cross-validation shares between folds: every held-out fold would leak.
+        raise ValueError(
+            f"{path.name} is from a teacher trained on development data; use `sentiment-teacher --general-only`"
+        )
     return {text: tuple(row) for text, row in report["probabilities"].items()}
+
+
+def transfer_examples(path: Path, known: list[Example]) -> list[Example]:
+    """The general-only teacher's texts as distilled examples, less any text the general stage already has (in
+    training, validation or held out)."""
+    taught = load_teacher_targets(path, general_only=True)
+    texts = {e.text for e in known}
+    examples = [distilled(text, target) for text, target in taught.items() if text not in texts]
+    log.info("general stage: %d texts with the teacher's probabilities (%s)", len(examples), path.name)
+    return examples
 
 
 def check_labels(examples: list[Example], config: ModelConfig) -> None:
@@ -598,6 +618,10 @@ def train(
     else:
         general_train, calibration_set, held_out = load_splits(recipe, corpus)
         check_labels(general_train + calibration_set, config)
+        if recipe.general_teacher_probabilities:
+            general_train += transfer_examples(
+                Path(recipe.general_teacher_probabilities), general_train + calibration_set + held_out
+            )
         general = fine_tune(model, tokenizer, recipe, general_stage, config, general_train, calibration_set)
         # The next stage starts from the best epoch as saved (fp16), exactly as it would from the file.
         state = {name: t.to(torch.float16).float() for name, t in general.state.items()}
