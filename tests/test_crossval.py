@@ -61,3 +61,28 @@ def test_crossval_without_general_weights_is_refused(tmp_path, tiny_bert_dir):
     config = ModelConfig.from_file(write_model_dir(tmp_path / "m", tiny_bert_dir) / "config.json")
     with pytest.raises(SystemExit, match="--general-weights is required"):
         crossval.crossvalidate(toy_recipe(), config, 5, tmp_path)
+
+
+def test_reports_compare_in_a_table_and_a_plot(tmp_path):
+    import json
+
+    def report(name, f1s, drugs):
+        folds = [{"fold": k + 1, "macro_f1": f1} for k, f1 in enumerate(f1s)]
+        body = {
+            "out_of_fold": {"accuracy": 0.7, "macro_f1": sum(f1s) / len(f1s), "ece": 0.03},
+            "macro_f1_standard_error": 0.01,
+            "per_fold": folds,
+            "held_out_drug_reviews_mean": drugs,
+        }
+        path = tmp_path / f"crossval-{name}.json"
+        path.write_text(json.dumps(body))
+        return path
+
+    paths = [report("A", [0.7, 0.72], {"accuracy": 0.66}), report("B", [0.71, 0.75], None)]
+
+    rows = crossval.compare(paths, tmp_path / "compare.png")
+
+    assert [row["name"] for row in rows] == ["A", "B"]
+    assert rows[1]["macro_f1"] == pytest.approx(0.73) and rows[1]["drug_accuracy"] is None
+    assert rows[0]["fold_macro_f1"] == [0.7, 0.72]
+    assert (tmp_path / "compare.png").read_bytes()[:4] == b"\x89PNG"

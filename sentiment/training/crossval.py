@@ -1,6 +1,7 @@
 """Cross-validate a training recipe on the development products (docs/model-protocol.md).
 
     sentiment-crossval --general-weights W [sentiment-train's options] [--folds 5] [--name NAME]
+    sentiment-crossval --compare reports/crossval-A.json reports/crossval-B.json [--plot PNG]
 
 The development sentences are split into folds by review. For each fold, the recipe's in-domain
 stage trains from the general-stage weights W on the other folds, exactly as `make model` trains on
@@ -119,6 +120,61 @@ def crossvalidate(recipe: TrainingRecipe, config: ModelConfig, folds: int, work_
     }
 
 
+def compare(paths: list[Path], plot_path: Path | None = None) -> list[dict]:
+    """One row per cross-validation report (pooled figures, the standard error, the drug reviews), logged as a
+    table and, with `plot_path`, drawn: each recipe's fold macro-F1s beside its pooled figure."""
+    rows = []
+    for path in paths:
+        report = json.loads(path.read_text())
+        drugs = report.get("held_out_drug_reviews_mean") or {}
+        rows.append(
+            {
+                "name": path.stem.removeprefix("crossval-"),
+                **{key: report["out_of_fold"][key] for key in ("accuracy", "macro_f1", "ece")},
+                "standard_error": report["macro_f1_standard_error"],
+                "drug_accuracy": drugs.get("accuracy"),
+                "fold_macro_f1": [fold["macro_f1"] for fold in report["per_fold"]],
+            }
+        )
+    for row in rows:
+        log.info(
+            "%-12s accuracy %.3f macro-F1 %.3f +- %.3f ECE %.3f held-out drug reviews %s",
+            row["name"],
+            row["accuracy"],
+            row["macro_f1"],
+            row["standard_error"] or 0.0,
+            row["ece"],
+            "-" if row["drug_accuracy"] is None else f"{row['drug_accuracy']:.3f}",
+        )
+    if plot_path:
+        _plot(rows, plot_path)
+    return rows
+
+
+def _plot(rows: list[dict], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure, axis = plt.subplots(figsize=(1.6 * len(rows) + 2.5, 4))
+    for x, row in enumerate(rows):
+        folds = row["fold_macro_f1"]
+        for k, fold in enumerate(folds):  # one colour per fold: the folds are the same for every recipe
+            axis.scatter(x + (k - (len(folds) - 1) / 2) * 0.06, fold, s=14, color=f"C{k + 1}", alpha=0.7)
+        axis.errorbar(x, row["macro_f1"], yerr=row["standard_error"] or 0, fmt="o", color="C0", capsize=6)
+    axis.set_xticks(range(len(rows)), [row["name"] for row in rows])
+    axis.set_xlim(-0.6, len(rows) - 0.4)
+    axis.set_ylabel("macro-F1")
+    axis.set_title("out of fold on the development products (dots: folds 1-5; blue: pooled +- SE)", fontsize=9)
+    axis.grid(axis="y", alpha=0.3)
+    figure.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    figure.savefig(path, dpi=110)
+    plt.close(figure)
+    log.info("wrote %s", path)
+
+
 @command
 def main() -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
@@ -126,10 +182,18 @@ def main() -> None:
     parser.add_argument("--config", type=Path, default=DEFAULT_CONFIG)
     parser.add_argument("--folds", type=int, default=5)
     parser.add_argument("--name", default="recipe", help="reports/crossval-NAME.json")
+    parser.add_argument("--compare", type=Path, nargs="+", metavar="REPORT", help="tabulate these reports instead")
+    parser.add_argument("--plot", type=Path, metavar="PNG", help="with --compare: draw them")
     for name, value in asdict(TrainingRecipe()).items():
         parse = parse_bool if isinstance(value, bool) else type(value)
         parser.add_argument(f"--{name.replace('_', '-')}", type=parse, default=value)
     args = parser.parse_args()
+    if args.compare:
+        missing = [str(path) for path in args.compare if not path.is_file()]
+        if missing:
+            parser.error(f"no such report: {', '.join(missing)}")
+        compare(args.compare, args.plot)
+        return
     if args.folds < 2:
         parser.error("--folds must be at least 2")
     recipe = TrainingRecipe(**{name: getattr(args, name) for name in asdict(TrainingRecipe())})
