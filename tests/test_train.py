@@ -36,8 +36,9 @@ CLASSES = ("negative", "neutral", "positive")
 
 
 def toy_recipe(**changes) -> TrainingRecipe:
-    """The shipped recipe without what needs the real corpora: held-out and rehearsed drug reviews."""
-    return replace(TrainingRecipe(holdout_drug_reviews=0, domain_rehearsal=0), **changes)
+    """The shipped recipe without what needs the real corpora: held-out and rehearsed drug reviews, the teacher."""
+    plain = TrainingRecipe(holdout_drug_reviews=0, domain_rehearsal=0, general_teacher_probabilities="")
+    return replace(plain, **changes)
 
 
 def test_training_writes_calibrated_weights_the_server_loads(tmp_path, tiny_bert_dir):
