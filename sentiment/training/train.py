@@ -4,8 +4,9 @@
     sentiment-train --general-weights W --output X ...           # only the in-domain stage, from W
 
 Two stages, then calibration. The general stage fits the head on the frozen backbone (a linear
-probe), then fine-tunes every layer but the word embeddings on the general corpora, keeping the
-epoch with the best validation NLL. The in-domain stage goes on from there on the development
+probe), then fine-tunes every layer but the word embeddings on the general corpora and the texts a teacher of
+general data alone labelled (`make teacher-general`), keeping the epoch with the best validation NLL.
+The in-domain stage goes on from there on the development
 products (product reviews rated like the test set), whole reviews held out, and keeps its best
 epoch on them; it can also learn a teacher's probabilities (sentiment.training.teacher). One
 temperature is fitted on the model as the server runs it, on those held-out reviews. Writes the
