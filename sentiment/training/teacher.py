@@ -224,11 +224,11 @@ def teach(recipe: TeacherRecipe, config: ModelConfig, output: Path = PROBABILITI
     return report
 
 
-def _load_trained(model, path: Path = WEIGHTS) -> dict:
+def _load_trained(model, path: Path | None = None) -> dict:
     """The teacher trained before (WEIGHTS unless told) into `model`; returns what its training recorded."""
     from safetensors import safe_open
 
-    with safe_open(str(path), framework="pt") as weights:
+    with safe_open(str(path or WEIGHTS), framework="pt") as weights:
         names = weights.keys()
         model.load_state_dict({name: weights.get_tensor(name) for name in names})
         return json.loads(weights.metadata()["training"])
