@@ -50,6 +50,7 @@ from sentiment.training.corpora import (
     without_product_texts,
 )
 from sentiment.training.train import (
+    GENERAL_TEACHER_PROBABILITIES,
     Stage,
     TrainingRecipe,
     domain_splits,
@@ -73,7 +74,7 @@ LARGE_MODEL_DIR = project.PROJECT_DIR / "models" / project.LARGE_MODEL
 LARGE_MAX_BATCH_TEXTS = 16
 WEIGHTS = project.DATA_DIR / "teacher.safetensors"  # 438 MB in fp32: kept out of the repository
 # The teacher of general data alone (--general-only): what the student's general stage may learn from.
-GENERAL_PROBABILITIES = project.DATA_DIR / "teacher-general-probabilities.json.gz"
+GENERAL_PROBABILITIES = GENERAL_TEACHER_PROBABILITIES
 GENERAL_WEIGHTS = project.DATA_DIR / "teacher-general.safetensors"
 
 

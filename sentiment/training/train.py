@@ -4,10 +4,10 @@
     sentiment-train --general-weights W --output X ...           # only the in-domain stage, from W
 
 Two stages, then calibration. The general stage fits the head on the frozen backbone (a linear
-probe), then fine-tunes every layer but the word embeddings on the general corpora and the texts a teacher of
-general data alone labelled (`make teacher-general`), keeping the epoch with the best validation NLL.
-The in-domain stage goes on from there on the development
-products (product reviews rated like the test set), whole reviews held out, and keeps its best
+probe), then fine-tunes every layer but the word embeddings on the general corpora and on the texts
+a teacher of general data alone labelled (`make teacher-general`), keeping the epoch with the best
+validation NLL. The in-domain stage goes on from there on the development products (product
+reviews rated like the test set), whole reviews held out, and keeps its best
 epoch on them; it can also learn a teacher's probabilities (sentiment.training.teacher). One
 temperature is fitted on the model as the server runs it, on those held-out reviews. Writes the
 tensors training changed in fp16 to PRE_TRAINED_MODEL, with the temperature and the class names in
@@ -32,7 +32,7 @@ import torch
 from tqdm import tqdm
 
 from sentiment.console import command
-from sentiment.project import DEFAULT_CONFIG
+from sentiment.project import DATA_DIR, DEFAULT_CONFIG
 from sentiment.serving.classifier import (
     SentimentClassifier,
     build_model,
@@ -57,6 +57,9 @@ from sentiment.training.corpora import (
 from sentiment.training.scores import classification_report, expected_calibration_error
 
 log = logging.getLogger(__name__)
+
+# Written by `sentiment-teacher --general-only` (`make teacher-general`); the recipe's general stage learns from it.
+GENERAL_TEACHER_PROBABILITIES = DATA_DIR / "teacher-general-probabilities.json.gz"
 
 
 @dataclass
@@ -92,7 +95,7 @@ class TrainingRecipe:
     # general stage learns beside its sources, the teacher's probabilities as their target; "" leaves them out. Out of
     # fold on the development products they gained 2.1 points of macro-F1 and lowered ECE from 0.036 to 0.025
     # (docs/model-protocol.md, trial 4). `make teacher-general` writes the file.
-    general_teacher_probabilities: str = "data/teacher-general-probabilities.json.gz"
+    general_teacher_probabilities: str = str(GENERAL_TEACHER_PROBABILITIES)
     # The teacher's probabilities (`make teacher`) for review sentences that lack three-class labels, learnt in the
     # in-domain stage beside the development products; "" leaves them out.
     teacher_probabilities: str = ""
